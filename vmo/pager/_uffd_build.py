@@ -1,0 +1,628 @@
+"""cffi (API mode) build script for the raw userfaultfd and memory binding.
+
+The binding is compiled at install time against the real system headers, like
+pyca/cryptography's ``src/_cffi_src``: every constant, ioctl number and struct layout below is
+declared with cffi's ``#define X ...`` / ``struct { ...; }`` / ``typedef int... T;`` forms, so
+the C compiler fills in the values from ``<linux/userfaultfd.h>``, ``<sys/mman.h>``,
+``<fcntl.h>``... and nothing is copied by hand. The one exception is the compatibility block
+at the top of the C source: the installed headers may predate features that the running kernel
+offers (Linux 6.1 headers on a 6.18 kernel here), and each definition there is guarded by
+``#ifndef`` and says which kernel introduced it.
+
+The C source also carries a handful of helpers (``vmo_*``), each small enough to audit:
+
+- ``vmo_copy`` and ``vmo_touch_*``: plain loads and stores that run *without the GIL* (cffi
+  releases the GIL around every call in API mode). A Python thread that touches a
+  userfaultfd-registered page while holding the GIL would deadlock the fault handler thread,
+  which needs the GIL to resolve the fault.
+- ``vmo_copy_checked`` and ``vmo_touch_checked``: the same copy under a per-thread
+  ``sigsetjmp`` guard, so that an access which gets SIGBUS (a ``UFFD_FEATURE_SIGBUS`` region, a
+  poisoned page, a mapping past the end of a truncated memfd) or SIGSEGV returns the faulting
+  address instead of killing the process. The signal handler chains to the previously installed
+  handler (e.g. Python's ``faulthandler``) for every fault that is not inside a guarded copy.
+- ``vmo_uffd_read_events``: one ``read(2)`` of ``struct uffd_msg`` records, decoded into a flat
+  struct. ``uffd_msg`` is a packed struct of unions, which cffi cannot check field by field; the
+  C compiler decodes it with the header's own field names instead.
+
+Build with ``pip install -e .`` (``setup.py`` names this file in ``cffi_modules``) or run this
+file directly to build the module in place.
+"""
+
+from __future__ import annotations
+
+import cffi
+
+MODULE_NAME = "vmo.pager._uffd_cffi"
+
+# ---------------------------------------------------------------------------------------------
+# Declarations visible from Python. `...` means "ask the C compiler".
+# ---------------------------------------------------------------------------------------------
+CDEF = """
+typedef int... __u8;
+typedef int... __u32;
+typedef int... __u64;
+typedef int... __s64;
+typedef int... off_t;
+
+/* <linux/userfaultfd.h>: syscall flags, /dev/userfaultfd */
+#define UFFD_USER_MODE_ONLY ...
+#define USERFAULTFD_IOC_NEW ...
+
+/* <linux/userfaultfd.h>: API handshake */
+#define UFFD_API ...
+
+#define UFFD_FEATURE_PAGEFAULT_FLAG_WP ...
+#define UFFD_FEATURE_EVENT_FORK ...
+#define UFFD_FEATURE_EVENT_REMAP ...
+#define UFFD_FEATURE_EVENT_REMOVE ...
+#define UFFD_FEATURE_MISSING_HUGETLBFS ...
+#define UFFD_FEATURE_MISSING_SHMEM ...
+#define UFFD_FEATURE_EVENT_UNMAP ...
+#define UFFD_FEATURE_SIGBUS ...
+#define UFFD_FEATURE_THREAD_ID ...
+#define UFFD_FEATURE_MINOR_HUGETLBFS ...
+#define UFFD_FEATURE_MINOR_SHMEM ...
+#define UFFD_FEATURE_EXACT_ADDRESS ...
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM ...
+#define UFFD_FEATURE_WP_UNPOPULATED ...
+#define UFFD_FEATURE_POISON ...
+#define UFFD_FEATURE_WP_ASYNC ...
+#define UFFD_FEATURE_MOVE ...
+
+/* ioctl numbers (bit positions in the `ioctls` masks the kernel returns) */
+#define _UFFDIO_REGISTER ...
+#define _UFFDIO_UNREGISTER ...
+#define _UFFDIO_WAKE ...
+#define _UFFDIO_COPY ...
+#define _UFFDIO_ZEROPAGE ...
+#define _UFFDIO_MOVE ...
+#define _UFFDIO_WRITEPROTECT ...
+#define _UFFDIO_CONTINUE ...
+#define _UFFDIO_POISON ...
+#define _UFFDIO_API ...
+
+/* ioctl request codes */
+#define UFFDIO_API ...
+#define UFFDIO_REGISTER ...
+#define UFFDIO_UNREGISTER ...
+#define UFFDIO_WAKE ...
+#define UFFDIO_COPY ...
+#define UFFDIO_ZEROPAGE ...
+#define UFFDIO_MOVE ...
+#define UFFDIO_WRITEPROTECT ...
+#define UFFDIO_CONTINUE ...
+#define UFFDIO_POISON ...
+
+/* modes */
+#define UFFDIO_REGISTER_MODE_MISSING ...
+#define UFFDIO_REGISTER_MODE_WP ...
+#define UFFDIO_REGISTER_MODE_MINOR ...
+#define UFFDIO_COPY_MODE_DONTWAKE ...
+#define UFFDIO_COPY_MODE_WP ...
+#define UFFDIO_ZEROPAGE_MODE_DONTWAKE ...
+#define UFFDIO_WRITEPROTECT_MODE_WP ...
+#define UFFDIO_WRITEPROTECT_MODE_DONTWAKE ...
+#define UFFDIO_CONTINUE_MODE_DONTWAKE ...
+#define UFFDIO_CONTINUE_MODE_WP ...
+#define UFFDIO_MOVE_MODE_DONTWAKE ...
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ...
+#define UFFDIO_POISON_MODE_DONTWAKE ...
+
+/* events read from the descriptor */
+#define UFFD_EVENT_PAGEFAULT ...
+#define UFFD_EVENT_FORK ...
+#define UFFD_EVENT_REMAP ...
+#define UFFD_EVENT_REMOVE ...
+#define UFFD_EVENT_UNMAP ...
+#define UFFD_PAGEFAULT_FLAG_WRITE ...
+#define UFFD_PAGEFAULT_FLAG_WP ...
+#define UFFD_PAGEFAULT_FLAG_MINOR ...
+
+struct uffdio_api {
+    __u64 api;
+    __u64 features;
+    __u64 ioctls;
+    ...;
+};
+struct uffdio_range {
+    __u64 start;
+    __u64 len;
+    ...;
+};
+struct uffdio_register {
+    struct uffdio_range range;
+    __u64 mode;
+    __u64 ioctls;
+    ...;
+};
+struct uffdio_copy {
+    __u64 dst;
+    __u64 src;
+    __u64 len;
+    __u64 mode;
+    __s64 copy;
+    ...;
+};
+struct uffdio_zeropage {
+    struct uffdio_range range;
+    __u64 mode;
+    __s64 zeropage;
+    ...;
+};
+struct uffdio_writeprotect {
+    struct uffdio_range range;
+    __u64 mode;
+    ...;
+};
+struct uffdio_continue {
+    struct uffdio_range range;
+    __u64 mode;
+    __s64 mapped;
+    ...;
+};
+struct uffdio_move {
+    __u64 dst;
+    __u64 src;
+    __u64 len;
+    __u64 mode;
+    __s64 move;
+    ...;
+};
+struct uffdio_poison {
+    struct uffdio_range range;
+    __u64 mode;
+    __s64 updated;
+    ...;
+};
+/* Only its size is used from Python; vmo_uffd_read_events decodes it in C. */
+struct uffd_msg {
+    __u8 event;
+    ...;
+};
+
+/* A decoded struct uffd_msg (our own type: the fields depend on `event`). */
+struct vmo_uffd_event {
+    uint32_t event;     /* UFFD_EVENT_* */
+    uint64_t flags;     /* PAGEFAULT: UFFD_PAGEFAULT_FLAG_* */
+    uint64_t arg0;      /* PAGEFAULT: address; FORK: ufd; REMAP: from; REMOVE/UNMAP: start */
+    uint64_t arg1;      /* PAGEFAULT: ptid; REMAP: to; REMOVE/UNMAP: end */
+    uint64_t arg2;      /* REMAP: len */
+};
+
+/* <sys/mman.h> */
+#define PROT_NONE ...
+#define PROT_READ ...
+#define PROT_WRITE ...
+#define PROT_EXEC ...
+#define MAP_SHARED ...
+#define MAP_PRIVATE ...
+#define MAP_FIXED ...
+#define MAP_FIXED_NOREPLACE ...
+#define MAP_ANONYMOUS ...
+#define MAP_NORESERVE ...
+#define MAP_POPULATE ...
+#define MADV_NORMAL ...
+#define MADV_DONTNEED ...
+#define MADV_REMOVE ...
+#define MADV_DONTFORK ...
+#define MADV_WILLNEED ...
+#define MADV_POPULATE_READ ...
+#define MADV_POPULATE_WRITE ...
+#define MFD_CLOEXEC ...
+#define MFD_ALLOW_SEALING ...
+#define MREMAP_MAYMOVE ...
+#define MREMAP_FIXED ...
+#define MREMAP_DONTUNMAP ...
+static void *const MAP_FAILED;
+
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
+int munmap(void *addr, size_t length);
+int mprotect(void *addr, size_t len, int prot);
+int madvise(void *addr, size_t length, int advice);
+int memfd_create(const char *name, unsigned int flags);
+int vmo_mremap(void *old_address, size_t old_size, size_t new_size, int flags,
+               void *new_address, void **result);
+
+/* <fcntl.h>, <unistd.h> */
+#define O_RDONLY ...
+#define O_RDWR ...
+#define O_CLOEXEC ...
+#define O_NONBLOCK ...
+#define FALLOC_FL_KEEP_SIZE ...
+#define FALLOC_FL_PUNCH_HOLE ...
+#define SEEK_SET ...
+#define SEEK_DATA ...
+#define SEEK_HOLE ...
+int fallocate(int fd, int mode, off_t offset, off_t len);
+off_t lseek(int fd, off_t offset, int whence);
+long sysconf(int name);
+#define _SC_PAGESIZE ...
+
+/* <sys/syscall.h>, <sys/ioctl.h> (non-variadic wrappers, see the C source) */
+#define SYS_userfaultfd ...
+int vmo_userfaultfd(int flags);
+int vmo_ioctl_ptr(int fd, unsigned long request, void *arg);
+int vmo_ioctl_int(int fd, unsigned long request, unsigned long arg);
+int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max);
+#define VMO_UFFD_READ_MAX ...
+
+/* <signal.h> */
+#define SIGBUS ...
+#define SIGSEGV ...
+
+/* Copies and touches that run without the GIL. */
+int vmo_copy(void *dst, const void *src, size_t n);
+uint64_t vmo_touch_read(const void *addr, size_t len, size_t stride);
+void vmo_touch_write(void *addr, size_t len, size_t stride, uint8_t value);
+
+/* Guarded variants: 0, or the signal number (SIGBUS/SIGSEGV) with *fault_addr set, or -1
+   with errno set if the signal handler could not be installed. */
+int vmo_guard_install(void);
+int vmo_copy_checked(void *dst, const void *src, size_t n, uintptr_t *fault_addr);
+int vmo_touch_checked(void *addr, size_t len, size_t stride, int write, uint8_t value,
+                      uintptr_t *fault_addr);
+"""
+
+# ---------------------------------------------------------------------------------------------
+# The C source handed to the compiler.
+# ---------------------------------------------------------------------------------------------
+C_SOURCE = r"""
+#ifndef _GNU_SOURCE  /* Python.h, included first by cffi, usually defines it */
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <linux/types.h>
+#include <linux/userfaultfd.h>
+
+/* ---- Compatibility with headers older than the running kernel -------------------------------
+ * The installed <linux/userfaultfd.h> may be older than the kernel (Linux 6.1 headers on a 6.18
+ * kernel when this was written). Values below are the kernel's ABI, as in the uapi header of the
+ * kernel release named in each comment; each is used only when the header lacks it. */
+
+#ifndef UFFD_USER_MODE_ONLY            /* Linux 5.11 */
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef USERFAULTFD_IOC_NEW            /* Linux 6.1: /dev/userfaultfd */
+#define USERFAULTFD_IOC 0xAA
+#define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED    /* Linux 6.4 */
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFDIO_CONTINUE_MODE_WP        /* Linux 6.4 */
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
+#ifndef UFFD_FEATURE_POISON            /* Linux 6.6 */
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFDIO_POISON                  /* Linux 6.6 */
+#define _UFFDIO_POISON (0x08)
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+struct uffdio_poison {
+    struct uffdio_range range;
+    __u64 mode;
+    __s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC          /* Linux 6.7 */
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE              /* Linux 6.8 */
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef UFFDIO_MOVE                    /* Linux 6.8 */
+#define _UFFDIO_MOVE (0x05)
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((__u64)1 << 1)
+struct uffdio_move {
+    __u64 dst;
+    __u64 src;
+    __u64 len;
+    __u64 mode;
+    __s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+#ifndef MADV_POPULATE_READ             /* Linux 5.14, glibc 2.35 */
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* ---- System call wrappers -------------------------------------------------------------------
+ * syscall(2) and ioctl(2) are variadic; fixed-signature wrappers keep the cffi calls simple
+ * and typed. */
+
+static int vmo_userfaultfd(int flags)
+{
+    return (int)syscall(SYS_userfaultfd, flags);
+}
+
+static int vmo_ioctl_ptr(int fd, unsigned long request, void *arg)
+{
+    return ioctl(fd, request, arg);
+}
+
+static int vmo_ioctl_int(int fd, unsigned long request, unsigned long arg)
+{
+    return ioctl(fd, request, arg);
+}
+
+/* mremap's fifth argument is variadic too; the result goes through an out-parameter so that
+   MAP_FAILED can be told from a valid address without a cast on the Python side. */
+static int vmo_mremap(void *old_address, size_t old_size, size_t new_size, int flags,
+                      void *new_address, void **result)
+{
+    void *p = mremap(old_address, old_size, new_size, flags, new_address);
+    if (p == MAP_FAILED)
+        return -1;
+    *result = p;
+    return 0;
+}
+
+/* ---- Reading events -------------------------------------------------------------------------- */
+
+#define VMO_UFFD_READ_MAX 64
+
+struct vmo_uffd_event {
+    uint32_t event;
+    uint64_t flags;
+    uint64_t arg0;
+    uint64_t arg1;
+    uint64_t arg2;
+};
+
+/* Reads up to `max` messages with one read(2) and decodes them into `out`. Returns the number
+   of events, or -1 with errno set (EAGAIN on a non-blocking descriptor with nothing pending). */
+static int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max)
+{
+    struct uffd_msg msgs[VMO_UFFD_READ_MAX];
+    ssize_t n;
+    int i, count;
+
+    if (max <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (max > VMO_UFFD_READ_MAX)
+        max = VMO_UFFD_READ_MAX;
+    n = read(fd, msgs, sizeof(msgs[0]) * (size_t)max);
+    if (n < 0)
+        return -1;
+    if ((size_t)n % sizeof(msgs[0]) != 0) {
+        /* The kernel only ever returns whole messages. */
+        errno = EIO;
+        return -1;
+    }
+    count = (int)((size_t)n / sizeof(msgs[0]));
+    for (i = 0; i < count; i++) {
+        const struct uffd_msg *m = &msgs[i];
+        struct vmo_uffd_event *e = &out[i];
+        memset(e, 0, sizeof(*e));
+        e->event = m->event;
+        switch (m->event) {
+        case UFFD_EVENT_PAGEFAULT:
+            e->flags = m->arg.pagefault.flags;
+            e->arg0 = m->arg.pagefault.address;
+            e->arg1 = m->arg.pagefault.feat.ptid;
+            break;
+        case UFFD_EVENT_FORK:
+            e->arg0 = m->arg.fork.ufd;
+            break;
+        case UFFD_EVENT_REMAP:
+            e->arg0 = m->arg.remap.from;
+            e->arg1 = m->arg.remap.to;
+            e->arg2 = m->arg.remap.len;
+            break;
+        case UFFD_EVENT_REMOVE:
+        case UFFD_EVENT_UNMAP:
+            e->arg0 = m->arg.remove.start;
+            e->arg1 = m->arg.remove.end;
+            break;
+        default:
+            /* An event this build does not know: hand the raw words up. */
+            e->arg0 = m->arg.reserved.reserved1;
+            e->arg1 = m->arg.reserved.reserved2;
+            e->arg2 = m->arg.reserved.reserved3;
+            break;
+        }
+    }
+    return count;
+}
+
+/* ---- Plain copies and touches (run without the GIL) ------------------------------------------ */
+
+static int vmo_copy(void *dst, const void *src, size_t n)
+{
+    memcpy(dst, src, n);
+    return 0;
+}
+
+static uint64_t vmo_touch_read(const void *addr, size_t len, size_t stride)
+{
+    const volatile uint8_t *p = (const volatile uint8_t *)addr;
+    uint64_t sum = 0;
+    size_t off;
+
+    if (stride == 0)
+        stride = 1;
+    for (off = 0; off < len; off += stride)
+        sum += p[off];
+    return sum;
+}
+
+static void vmo_touch_write(void *addr, size_t len, size_t stride, uint8_t value)
+{
+    volatile uint8_t *p = (volatile uint8_t *)addr;
+    size_t off;
+
+    if (stride == 0)
+        stride = 1;
+    for (off = 0; off < len; off += stride)
+        p[off] = value;
+}
+
+/* ---- Guarded copies -------------------------------------------------------------------------
+ * A guarded call publishes a jump buffer in a thread-local pointer, copies, and withdraws it.
+ * The SIGBUS/SIGSEGV handler jumps back if the faulting thread has a guard published and chains
+ * to the handler it replaced otherwise. The thread-local uses the initial-exec TLS model so that
+ * reading it from the signal handler never allocates (dynamic TLS of a dlopen()ed module may be
+ * allocated lazily by __tls_get_addr, which is not async-signal-safe). */
+
+struct vmo_guard {
+    sigjmp_buf jb;
+    volatile uintptr_t addr;
+    volatile int signo;
+};
+
+static __thread __attribute__((tls_model("initial-exec"))) struct vmo_guard *volatile
+    vmo_current_guard;
+
+static pthread_mutex_t vmo_guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction vmo_prev_bus, vmo_prev_segv;
+
+#define VMO_BARRIER() __asm__ __volatile__("" ::: "memory")
+
+static void vmo_fault_handler(int signo, siginfo_t *si, void *uc);
+
+static void vmo_chain(int signo, siginfo_t *si, void *uc)
+{
+    const struct sigaction *prev = signo == SIGBUS ? &vmo_prev_bus : &vmo_prev_segv;
+
+    if (prev->sa_flags & SA_SIGINFO) {
+        if (prev->sa_sigaction != NULL && prev->sa_sigaction != vmo_fault_handler) {
+            prev->sa_sigaction(signo, si, uc);
+            return;
+        }
+    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(signo);
+        return;
+    } else if (prev->sa_handler == SIG_IGN && si->si_code <= 0) {
+        /* Sent by kill(2) and ignored before we came: keep ignoring it. */
+        return;
+    }
+    /* Default action. A real fault re-executes the instruction on return and dies with the
+       default action; a signal sent by kill(2) has to be raised again (it stays pending while
+       this handler runs, and is delivered with the default action on return). */
+    {
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        sigaction(signo, &dfl, NULL);
+        if (si->si_code <= 0)
+            raise(signo);
+    }
+}
+
+static void vmo_fault_handler(int signo, siginfo_t *si, void *uc)
+{
+    struct vmo_guard *g = vmo_current_guard;
+
+    if (g != NULL) {
+        vmo_current_guard = NULL;
+        g->addr = (uintptr_t)si->si_addr;
+        g->signo = signo;
+        siglongjmp(g->jb, 1);
+    }
+    vmo_chain(signo, si, uc);
+}
+
+static int vmo_install_one(int signo, struct sigaction *prev)
+{
+    struct sigaction cur, sa;
+
+    if (sigaction(signo, NULL, &cur) != 0)
+        return -1;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == vmo_fault_handler)
+        return 0;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = vmo_fault_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    /* Someone (e.g. faulthandler.enable()) may have replaced our handler since the last call:
+       it becomes the handler we chain to. */
+    return sigaction(signo, &sa, prev);
+}
+
+/* Idempotent: installs the handler for SIGBUS and SIGSEGV unless it is already installed.
+   Returns 0, or -1 with errno set. */
+static int vmo_guard_install(void)
+{
+    int rc;
+
+    pthread_mutex_lock(&vmo_guard_lock);
+    rc = vmo_install_one(SIGBUS, &vmo_prev_bus);
+    if (rc == 0)
+        rc = vmo_install_one(SIGSEGV, &vmo_prev_segv);
+    pthread_mutex_unlock(&vmo_guard_lock);
+    return rc;
+}
+
+static int vmo_copy_checked(void *dst, const void *src, size_t n, uintptr_t *fault_addr)
+{
+    struct vmo_guard g;
+
+    if (vmo_guard_install() != 0)
+        return -1;
+    g.addr = 0;
+    g.signo = 0;
+    if (sigsetjmp(g.jb, 1) != 0) {
+        *fault_addr = g.addr;
+        return g.signo;
+    }
+    vmo_current_guard = &g;
+    VMO_BARRIER();
+    memcpy(dst, src, n);
+    VMO_BARRIER();
+    vmo_current_guard = NULL;
+    return 0;
+}
+
+static int vmo_touch_checked(void *addr, size_t len, size_t stride, int write, uint8_t value,
+                             uintptr_t *fault_addr)
+{
+    struct vmo_guard g;
+
+    if (vmo_guard_install() != 0)
+        return -1;
+    g.addr = 0;
+    g.signo = 0;
+    if (sigsetjmp(g.jb, 1) != 0) {
+        *fault_addr = g.addr;
+        return g.signo;
+    }
+    vmo_current_guard = &g;
+    VMO_BARRIER();
+    if (write)
+        vmo_touch_write(addr, len, stride, value);
+    else
+        (void)vmo_touch_read(addr, len, stride);
+    VMO_BARRIER();
+    vmo_current_guard = NULL;
+    return 0;
+}
+"""
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    MODULE_NAME,
+    C_SOURCE,
+    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
