@@ -497,34 +497,57 @@ static struct sigaction vmo_prev_bus, vmo_prev_segv;
 
 static void vmo_fault_handler(int signo, siginfo_t *si, void *uc);
 
+/* The fault this thread last handed to the previous handler (0 if none). If that handler
+   returns without fixing the fault, or re-raises the signal itself (Python's faulthandler
+   restores the handler it replaced -- possibly ours -- and calls raise()), we come back here;
+   handing it over a second time could loop forever between two handlers that each chain to
+   the other, so the second time takes the default action instead. */
+static __thread __attribute__((tls_model("initial-exec"))) uintptr_t vmo_chained_addr;
+static __thread __attribute__((tls_model("initial-exec"))) int vmo_chained_signo;
+
+static void vmo_default_action(int signo, siginfo_t *si)
+{
+    struct sigaction dfl;
+
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(signo, &dfl, NULL);
+    /* A real fault re-executes the instruction on return and dies with the default action; a
+       signal sent by kill()/raise() has to be sent again (it stays pending while this handler
+       runs and is delivered on return). */
+    if (si->si_code <= 0)
+        raise(signo);
+}
+
 static void vmo_chain(int signo, siginfo_t *si, void *uc)
 {
     const struct sigaction *prev = signo == SIGBUS ? &vmo_prev_bus : &vmo_prev_segv;
+    int foreign = (prev->sa_flags & SA_SIGINFO)
+                      ? (prev->sa_sigaction != NULL && prev->sa_sigaction != vmo_fault_handler)
+                      : (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN);
 
-    if (prev->sa_flags & SA_SIGINFO) {
-        if (prev->sa_sigaction != NULL && prev->sa_sigaction != vmo_fault_handler) {
-            prev->sa_sigaction(signo, si, uc);
-            return;
+    if (vmo_chained_signo == signo &&
+        (si->si_code <= 0 || (uintptr_t)si->si_addr == vmo_chained_addr)) {
+        /* Second visit for the same fault: see above. */
+        vmo_chained_signo = 0;
+        vmo_default_action(signo, si);
+        return;
+    }
+    if (foreign) {
+        if (si->si_code > 0) {
+            vmo_chained_signo = signo;
+            vmo_chained_addr = (uintptr_t)si->si_addr;
         }
-    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
-        prev->sa_handler(signo);
-        return;
-    } else if (prev->sa_handler == SIG_IGN && si->si_code <= 0) {
-        /* Sent by kill(2) and ignored before we came: keep ignoring it. */
+        if (prev->sa_flags & SA_SIGINFO)
+            prev->sa_sigaction(signo, si, uc);
+        else
+            prev->sa_handler(signo);
         return;
     }
-    /* Default action. A real fault re-executes the instruction on return and dies with the
-       default action; a signal sent by kill(2) has to be raised again (it stays pending while
-       this handler runs, and is delivered with the default action on return). */
-    {
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof(dfl));
-        dfl.sa_handler = SIG_DFL;
-        sigemptyset(&dfl.sa_mask);
-        sigaction(signo, &dfl, NULL);
-        if (si->si_code <= 0)
-            raise(signo);
-    }
+    if (prev->sa_handler == SIG_IGN && si->si_code <= 0)
+        return; /* sent by kill() and ignored before we came: keep ignoring it */
+    vmo_default_action(signo, si);
 }
 
 static void vmo_fault_handler(int signo, siginfo_t *si, void *uc)

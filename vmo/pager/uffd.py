@@ -491,13 +491,14 @@ class Userfaultfd:
                 called on this descriptor.
             OSError(EPERM): ``EVENT_FORK`` without ``CAP_SYS_PTRACE``.
         """
-        supported = kernel_api().supported
-        lacking = required & ~supported
+        # Plain ints: `~` on an IntFlag only inverts the bits the enum knows.
+        supported = int(kernel_api().supported)
+        lacking = int(required) & ~supported
         if lacking:
             raise OSError(
                 errno.EINVAL, f"UFFDIO_API: kernel lacks required features {Feature(lacking)!r}"
             )
-        want = (features | required) & supported
+        want = (int(features) | int(required)) & supported
         arg = ffi.new("struct uffdio_api *")
         arg.api = lib.UFFD_API
         arg.features = want
