@@ -1,0 +1,40 @@
+"""vmo: Zircon's virtual memory objects (the VmCowPages copy-on-write hierarchy) over real memory.
+
+Start with `Kernel`: ``with vmo.Kernel() as k: v = k.vmo_create(1 << 20)``. The public surface
+is documented in docs/API.md; `vmo.debug` validates, dumps and draws hierarchies.
+"""
+
+from vmo import debug
+from vmo.errors import InvariantError, Status, ZxError
+from vmo.kernel import Kernel
+from vmo.pmm import PAGE_SIZE
+from vmo.types import (
+    ChildOptions,
+    LockState,
+    MemoryStats,
+    Perms,
+    VmoInfo,
+    VmoInfoFlags,
+    VmoOp,
+    VmoOptions,
+)
+from vmo.vm_object import PinnedRange, Vmo
+
+__all__ = [
+    "PAGE_SIZE",
+    "ChildOptions",
+    "InvariantError",
+    "Kernel",
+    "LockState",
+    "MemoryStats",
+    "Perms",
+    "PinnedRange",
+    "Status",
+    "Vmo",
+    "VmoInfo",
+    "VmoInfoFlags",
+    "VmoOp",
+    "VmoOptions",
+    "ZxError",
+    "debug",
+]

@@ -1,0 +1,96 @@
+"""Argument checks shared by the public calls: each failure is a `ZxError` naming the argument.
+
+Numbers follow the syscall ABI: offsets and sizes are unsigned 64-bit. A negative Python int is
+what a C caller gets by passing a negative value, a huge unsigned one, so it is out of range
+rather than a type error; a value that is not an int at all is ``ERR_INVALID_ARGS``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypeVar
+
+from vmo.errors import Status, ZxError
+from vmo.pmm import PAGE_SIZE
+
+U64 = 1 << 64
+MAX_SIZE = U64 - PAGE_SIZE  # the largest size that rounds up to whole pages without overflow
+
+F = TypeVar("F", bound=enum.IntFlag)
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def u64(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"{name} must be an int, not {type(value).__name__}")
+    if value < 0 or value >= U64:
+        raise ZxError(Status.ERR_OUT_OF_RANGE, f"{name} {value} is not an unsigned 64-bit value")
+    return value
+
+
+def page_size_round(name: str, value: Any) -> int:
+    """A byte size rounded up to whole pages; unrepresentable sizes are ERR_OUT_OF_RANGE."""
+    v = u64(name, value)
+    if v > MAX_SIZE:
+        raise ZxError(Status.ERR_OUT_OF_RANGE, f"{name} {v:#x} cannot be rounded up to a page")
+    return (v + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+def aligned(name: str, value: int) -> int:
+    if value % PAGE_SIZE:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value:#x} is not page aligned")
+    return value
+
+
+def flags(name: str, value: Any, kind: type[F]) -> F:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"{name} must be {kind.__name__}, not {type(value).__name__}")
+    known = 0
+    for member in kind:
+        known |= int(member)
+    if value < 0 or value & ~known:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value:#x} has unknown option bits")
+    return kind(value)
+
+
+def enum_value(name: str, value: Any, kind: type[E]) -> E:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"{name} must be {kind.__name__}, not {type(value).__name__}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is not a {kind.__name__}") from None
+
+
+def in_range(what: str, offset: int, length: int, size: int) -> None:
+    """``[offset, offset + length)`` must lie inside ``[0, size)``."""
+    if offset + length > size or offset + length >= U64:
+        raise ZxError(Status.ERR_OUT_OF_RANGE,
+                      f"{what} [{offset:#x}, {offset + length:#x}) is past the end {size:#x}")
+
+
+def data_view(name: str, data: Any) -> memoryview:
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"{name} must be bytes-like, not {type(data).__name__}") from None
+    if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
+        try:
+            view = view.cast("B")
+        except TypeError:
+            view = memoryview(view.tobytes())
+    return view
+
+
+def timeout(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} must be a number of seconds or None")
+    if value < 0:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is negative")
+    return float(value)

@@ -1,0 +1,1235 @@
+"""The copy-on-write hierarchy: one `CowPages` is one node of a clone tree (Zircon's VmCowPages).
+
+A VMO's content is the page list of its node, and where that list is empty, what its parent
+shows at ``offset + parent_offset`` (while ``offset < parent_limit``), and so on up the tree.
+
+Snapshot clones. Cloning node ``N`` turns ``N`` into a *hidden* node with two children: the
+*left* child takes over ``N``'s identity (its VMO handle, its other children) and sees all of
+``N``; the *right* child is the new clone and sees ``[offset, offset + size)`` of ``N``. Nobody
+writes to a hidden node again: its pages are the frozen, shared state of the moment of the clone.
+Writing to a leaf forks the page it sees into it (`_clone_cow_page_locked`), walking from the
+hidden node that owns the page down to the leaf. At each hidden node on the way the page either
+*migrates* (when only the side we walk to can still see it) or is *copied*, and then the hidden
+node's copy gets the *split bit* of the side that forked it (left or right). A page with a split
+bit is seen by one side only; a page with both would be seen by no one and is freed instead.
+
+Zero markers in a page list mean "zero here, do not look at the parent". ``parent_start_limit``
+and ``parent_limit`` bound the window of the parent a child can see; shrinking a child, zeroing
+its tail, or merging release parent pages that nobody can see any more
+(`_release_cow_parent_pages_locked`).
+
+Closing one child of a hidden node merges the hidden node into the remaining child
+(`_merge_content_with_child_locked`): the hidden node's pages that the child can see move into
+it (a page the child already covers is dropped), and the hidden node leaves the tree.
+
+Slices are windows onto their (non-slice) parent: they own no pages and forward every
+operation to it. At-least-on-write clones of pager-backed VMOs hang below the nearest ancestor
+that has pages in their range, without hidden nodes; of anonymous VMOs they are snapshots.
+
+Offsets and sizes in this module are page indices and page counts, never bytes. Every method
+whose name ends in ``_locked`` expects the hierarchy lock held.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from vmo.errors import Status, ZxError
+from vmo.page_list import EMPTY, MARKER, PageList
+from vmo.pmm import (
+    PAGE_SIZE,
+    SPLIT_LEFT,
+    SPLIT_RIGHT,
+    ZERO_FRAME,
+    DirtyState,
+    FrameState,
+    PageQueue,
+    PhysicalMemory,
+)
+
+if TYPE_CHECKING:
+    from vmo.pager.source import PageSource
+
+# A slot value returned by `resolve_range` where a page source must supply content.
+ABSENT = -2
+# supply_zero_offset of a VMO without a content-preserving page source: never reached.
+NO_SUPPLY_ZERO = 1 << 62
+
+_node_ids = itertools.count(1)
+
+
+class DiscardableState(enum.IntEnum):
+    UNSET = 0  # not discardable, or discardable and never locked
+    RECLAIMABLE = 1  # unlocked: a reclaim candidate
+    UNRECLAIMABLE = 2  # locked
+    DISCARDED = 3
+
+
+class RangeChangeOp(enum.IntEnum):
+    """What mappings of a range must do (seed: ``RangeChangeOp``)."""
+
+    UNMAP = 0  # the content changed: drop mapped copies
+    REMOVE_WRITE = 1  # the pages became shared: mappings must fault before writing
+
+
+class NeedPages(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the lock when a page source must act; the object layer waits and retries.
+
+    ``source``/``offset``/``length`` (pages) say what to request; ``dirty`` requests a DIRTY
+    transition rather than content.
+    """
+
+    def __init__(self, node: CowPages, offset: int, length: int, dirty: bool = False) -> None:
+        super().__init__(node, offset, length, dirty)
+        self.node = node
+        self.offset = offset
+        self.length = length
+        self.dirty = dirty
+
+
+class Hierarchy:
+    """State shared by every node of one clone tree (Zircon's ``VmHierarchyState``).
+
+    Its lock is the one lock of the tree: every public call on any VMO of the tree takes it.
+    """
+
+    def __init__(self, kernel_state: KernelState) -> None:
+        self.lock = threading.RLock()
+        self.kernel = kernel_state
+        self.pmm = kernel_state.pmm
+        self.generation = 0
+        self.root: CowPages | None = None
+
+
+class KernelState:
+    """The parts of a kernel the hierarchy layer needs: memory and the discardable lists.
+
+    ``range_change`` listeners (mappings) are told when what a node shows changes.
+    """
+
+    def __init__(self, pmm: PhysicalMemory) -> None:
+        self.pmm = pmm
+        # Discardable lists. Lock order: a hierarchy lock may be held while taking this one,
+        # never the reverse. Dict order is list order: the oldest unlock comes first.
+        self.discardable_lock = threading.Lock()
+        self.reclaim_candidates: dict[CowPages, None] = {}
+        self.non_reclaim_candidates: dict[CowPages, None] = {}
+        self.range_change_listeners: list[Callable[[CowPages, int, int, RangeChangeOp], None]] = []
+        self.hierarchies: set[Hierarchy] = set()
+        self.hierarchies_lock = threading.Lock()
+        self.eviction_count = 0
+
+
+class CowPages:
+    """One node of a copy-on-write tree. See the module docstring."""
+
+    def __init__(
+        self,
+        hier: Hierarchy,
+        size: int,
+        *,
+        is_slice: bool = False,
+        page_source: PageSource | None = None,
+        discardable: bool = False,
+    ) -> None:
+        self.hier = hier
+        self.pmm = hier.pmm
+        self.id = next(_node_ids)
+        self.size = size
+        self.parent: CowPages | None = None
+        # Hidden nodes: exactly [left, right]. Visible nodes: slices and at-least-on-write
+        # children, newest first.
+        self.children: list[CowPages] = []
+        self.parent_offset = 0
+        self.parent_limit = 0
+        self.parent_start_limit = 0
+        self.root_parent_offset = 0
+        self.hidden = False
+        self.is_slice = is_slice
+        self.page_list = PageList()
+        self.partial_cow_release = False
+        self.page_source = page_source
+        self.supply_zero_offset = NO_SUPPLY_ZERO
+        self.awaiting_clean_zero_range_end = 0
+        self.discardable = discardable
+        self.discardable_state = DiscardableState.UNSET
+        self.lock_count = 0
+        self.last_unlock_time = 0.0
+        self.pinned_pages = 0
+        # The VMO handle object this node currently stands for (None for hidden nodes and for
+        # nodes whose VMO was closed while children still need them).
+        self.paged_ref: Any = None
+        self.eviction_events = 0
+        self.modified = False  # for pager stats: written since the last query with reset
+
+    def __repr__(self) -> str:
+        kind = "hidden" if self.hidden else ("slice" if self.is_slice else "node")
+        return f"<CowPages {kind} #{self.id} size={self.size}p>"
+
+    # ---------------------------------------------------------------- tree shape
+
+    @property
+    def left(self) -> CowPages:
+        return self.children[0]
+
+    @property
+    def right(self) -> CowPages:
+        return self.children[1]
+
+    def is_left_child(self) -> bool:
+        assert self.parent is not None
+        return self.parent.children[0] is self
+
+    def root(self) -> CowPages:
+        cur = self
+        while cur.parent is not None:
+            cur = cur.parent
+        return cur
+
+    def root_page_source(self) -> PageSource | None:
+        return self.root().page_source
+
+    def is_source_preserving(self) -> bool:
+        """Backed directly by a page source that preserves content (a user pager)."""
+        return self.page_source is not None and self.page_source.preserves_content
+
+    def is_pager_backed(self) -> bool:
+        return self.root_page_source() is not None
+
+    def sees_parent(self, off: int) -> bool:
+        return self.parent is not None and self.parent_start_limit <= off < self.parent_limit
+
+    def walk_subtree(self) -> Iterator[CowPages]:
+        stack = [self]
+        while stack:
+            n = stack.pop()
+            yield n
+            stack.extend(reversed(n.children))
+
+    def depth(self) -> int:
+        d, cur = 0, self
+        while cur.parent is not None:
+            d, cur = d + 1, cur.parent
+        return d
+
+    def _add_child_locked(self, child: CowPages, offset: int, limit: int) -> None:
+        child.root_parent_offset = self.root_parent_offset + offset
+        child.parent_offset = offset
+        child.parent_limit = limit
+        child.parent_start_limit = 0
+        child.parent = self
+        self.children.insert(0, child)
+
+    def slice_parent(self) -> tuple[CowPages, int]:
+        """The non-slice node a slice forwards to, and the slice's offset in it."""
+        node, off = self, 0
+        while node.is_slice:
+            assert node.parent is not None
+            off += node.parent_offset
+            node = node.parent
+        return node, off
+
+    # ---------------------------------------------------------------- frame bookkeeping
+
+    def _place_locked(self, off: int, frame: int) -> int:
+        """Put ``frame`` at ``off`` (the slot must not hold a page). Returns the old slot."""
+        old = self.page_list.set(off, frame)
+        assert old <= 0, f"overwriting page {old} at {off} of {self!r}"
+        pmm = self.pmm
+        pmm.set_owner(frame, self, off)
+        pmm.split[frame] = 0
+        if self.page_source is not None:
+            dirty = pmm.dirty[frame]
+            pmm.set_queue(
+                frame,
+                PageQueue.PAGER_BACKED
+                if dirty == DirtyState.CLEAN or dirty == DirtyState.UNTRACKED
+                else PageQueue.PAGER_BACKED_DIRTY,
+            )
+        else:
+            pmm.set_queue(frame, PageQueue.ANONYMOUS)
+        return old
+
+    def _move_frame_locked(self, frame: int, dst: CowPages, dst_off: int) -> None:
+        """Backlink update for a frame moving between page lists (no queue change needed)."""
+        self.pmm.set_owner(frame, dst, dst_off)
+
+    def _free_frames_locked(self, frames: list[int]) -> None:
+        if frames:
+            self.pmm.free(frames)
+            self.hier.generation += 1
+
+    def _alloc_locked(self, count: int, *, zero: bool) -> list[int]:
+        return self.pmm.alloc(count, zero=zero)
+
+    # ---------------------------------------------------------------- mappings
+
+    def range_change_locked(self, start: int, end: int, op: RangeChangeOp) -> None:
+        """Tell mappings of this node and every descendant that sees ``[start, end)``.
+
+        Seed: ``RangeChangeUpdateLocked`` and ``RangeChangeUpdateFromParentLocked``.
+        """
+        listeners = self.hier.kernel.range_change_listeners
+        if not listeners or end <= start:
+            return
+        stack: list[tuple[CowPages, int, int]] = [(self, start, end)]
+        while stack:
+            node, s, e = stack.pop()
+            if not node.hidden:
+                for listener in listeners:
+                    listener(node, s, e, op)
+            for child in node.children:
+                cs = max(s - child.parent_offset, child.parent_start_limit)
+                ce = min(e - child.parent_offset, child.parent_limit)
+                if child.is_slice:
+                    cs = max(s - child.parent_offset, 0)
+                    ce = min(e - child.parent_offset, child.size)
+                if cs < ce:
+                    stack.append((child, cs, ce))
+
+    # ---------------------------------------------------------------- clones
+
+    def create_clone_locked(self, snapshot: bool, offset: int, size: int) -> CowPages:
+        """A snapshot (hidden parent) or at-least-on-write (hung below) clone of this node.
+
+        Argument checks (alignment, kinds allowed) are the object layer's; here only the
+        states that make the clone impossible are refused.
+        """
+        assert not self.hidden and not self.is_slice
+        if snapshot:
+            if self.is_pager_backed():
+                raise ZxError(Status.ERR_NOT_SUPPORTED, "cannot snapshot a pager-backed VMO")
+            if self.pinned_pages:
+                raise ZxError(Status.ERR_BAD_STATE,
+                              f"VMO has {self.pinned_pages} pinned pages; unpin before a snapshot")
+        child_limit = 0 if offset >= self.size else min(size, self.size - offset)
+        self.range_change_locked(offset, offset + size, RangeChangeOp.REMOVE_WRITE)
+        hier = self.hier
+        if snapshot:
+            left = CowPages(hier, self.size)
+            right = CowPages(hier, size)
+            # The left child becomes this node in all but name: it takes our VMO handle and
+            # children, and sees all of us.
+            for c in self.children:
+                c.parent = left
+            left.children = self.children
+            self.children = []
+            left.eviction_events = self.eviction_events
+            self._add_child_locked(left, 0, self.size)
+            self._add_child_locked(right, offset, child_limit)
+            self.children = [left, right]
+            if self.paged_ref is not None:
+                left.paged_ref = self.paged_ref
+                self.paged_ref.cow = left
+                self.paged_ref = None
+            self.hidden = True
+            hier.generation += 1
+            return right
+        # At least on write: hang the clone at the first ancestor that has pages in its window,
+        # keeping its limits no wider than what it could see from here.
+        clone = CowPages(hier, size)
+        cur, off = self, offset
+        while cur.parent is not None:
+            if child_limit > 0 and cur.page_list.any_in_range(off, off + child_limit):
+                break
+            if off >= cur.parent_limit:
+                child_limit = 0
+            else:
+                child_limit = min(child_limit, cur.parent_limit - off)
+            off += cur.parent_offset
+            cur = cur.parent
+        cur._add_child_locked(clone, off, child_limit)
+        hier.generation += 1
+        return clone
+
+    def create_slice_locked(self, offset: int, size: int) -> CowPages:
+        if self.is_slice:
+            assert self.parent is not None
+            return self.parent.create_slice_locked(offset + self.parent_offset, size)
+        sl = CowPages(self.hier, size, is_slice=True)
+        self._add_child_locked(sl, offset, size)
+        return sl
+
+    # ---------------------------------------------------------------- lookups
+
+    def find_initial_content_locked(self, off: int) -> tuple[CowPages, int, int]:
+        """Walk up from ``off`` to the first node with a page or marker there.
+
+        Returns ``(owner, owner_offset, slot)``; ``slot`` is EMPTY when no ancestor has content,
+        and then ``owner`` is the node that would provide it (seed:
+        ``FindInitialPageContentLocked``).
+        """
+        cur, cur_off = self, off
+        while cur_off < cur.parent_limit:
+            parent = cur.parent
+            assert parent is not None
+            p_off = cur.parent_offset + cur_off
+            if p_off >= parent.size:
+                break
+            cur, cur_off = parent, p_off
+            v = cur.page_list.get(cur_off)
+            if v != EMPTY:
+                return cur, cur_off, v
+        return cur, cur_off, EMPTY
+
+    def resolve_range(self, start: int, end: int) -> tuple[list[int], list[int]]:
+        """The frame this node shows at each page of ``[start, end)``.
+
+        Returns ``(frames, absent)``: ``frames[i]`` is a frame number, ``ZERO_FRAME`` for zeros,
+        or ``ABSENT`` where the root's page source must supply the page; ``absent`` lists the
+        root offsets of the ABSENT pages. Walks the ancestors level by level over the whole
+        range at once, so a deep chain costs one pass per level, not one walk per page.
+        """
+        out = self.page_list.dense(start, end)
+        pending = [i for i, v in enumerate(out) if v == EMPTY]
+        cur, delta = self, start  # cur offset of index i is i + delta
+        while pending and cur.parent is not None:
+            parent = cur.parent
+            lim = cur.parent_limit
+            pdelta = delta + cur.parent_offset
+            psize = parent.size
+            pending = [i for i in pending if i + delta < lim and i + pdelta < psize]
+            if not pending:
+                break
+            lo, hi = pending[0] + pdelta, pending[-1] + pdelta + 1
+            dense = parent.page_list.dense(lo, hi)
+            still = []
+            for i in pending:
+                v = dense[i + pdelta - lo]
+                if v == EMPTY:
+                    still.append(i)
+                else:
+                    out[i] = v
+            pending = still
+            cur, delta = parent, pdelta
+        absent: list[int] = []
+        if pending and cur.parent is None and cur.is_source_preserving():
+            szo = cur.supply_zero_offset
+            for i in pending:
+                if i + delta < szo:
+                    out[i] = ABSENT
+                    absent.append(i + delta)
+        for i, v in enumerate(out):
+            if v <= 0 and v != ABSENT:
+                out[i] = ZERO_FRAME
+        return out, absent
+
+    def _check_readable_locked(self) -> None:
+        node = self.slice_parent()[0] if self.is_slice else self
+        if node.discardable_state == DiscardableState.DISCARDED:
+            raise ZxError(Status.ERR_NOT_FOUND, "VMO was discarded and not locked since")
+
+    def lookup_for_write_locked(self, off: int) -> int:
+        """A frame at ``off`` this node owns exclusively, forking or allocating it if needed.
+
+        Seed: the write path of ``LookupPagesLocked``. Raises `NeedPages` when the root's page
+        source must supply or dirty the page first.
+        """
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            return parent.lookup_for_write_locked(off + poff)
+        v = self.page_list.get(off)
+        if v > 0:
+            if self.is_source_preserving():
+                self._prepare_for_write_locked(off, 1)
+            return v
+        if v == EMPTY and self.parent is not None:
+            owner, owner_off, v = self.find_initial_content_locked(off)
+        else:
+            owner, owner_off = self, off
+        if v > 0:
+            frame = v
+        elif v == MARKER or owner.page_source is None:
+            frame = ZERO_FRAME
+        elif owner_off >= owner.supply_zero_offset or not owner.is_source_preserving():
+            frame = ZERO_FRAME
+        else:
+            raise NeedPages(owner, owner_off, 1)
+        if not owner.hidden or frame == ZERO_FRAME:
+            if self.is_source_preserving():
+                # Forking the zero page of a pager-backed root dirties it: trap first if asked.
+                assert owner is self and frame == ZERO_FRAME
+                src = self.page_source
+                assert src is not None
+                if src.traps_dirty:
+                    raise NeedPages(self, off, 1, dirty=True)
+            new = self._alloc_locked(1, zero=False)[0]
+            self.pmm.copy_frame(new, frame)
+            if self.is_source_preserving():
+                self.pmm.dirty[new] = DirtyState.DIRTY
+                self.modified = True
+            self._place_locked(off, new)
+            self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
+            self.hier.generation += 1
+            return new
+        return self._clone_cow_page_locked(off, owner, frame, owner_off)
+
+    def _is_uni_accessible_locked(self, frame: int, off: int) -> bool:
+        if self.pmm.split[frame]:
+            return True
+        for child in self.children:
+            if not (child.parent_offset + child.parent_start_limit <= off
+                    < child.parent_offset + child.parent_limit):
+                return True
+        return False
+
+    def _clone_cow_page_locked(self, off: int, owner: CowPages, frame: int,
+                               owner_off: int) -> int:
+        """Fork ``frame`` (owned by hidden ancestor ``owner``) down into this node.
+
+        Works from the owner towards the leaf so that an allocation failure part-way leaves
+        every invariant intact (each step either migrates or copies one level down).
+        """
+        path: list[CowPages] = []
+        cur = self
+        while cur is not owner:
+            path.append(cur)
+            assert cur.parent is not None
+            cur = cur.parent
+        path.reverse()  # children to step into, from just below the owner down to self
+        pmm = self.pmm
+        target, target_owner, cur_off = frame, owner, owner_off
+        unmap_from: CowPages | None = None
+        for child in path:
+            child_off = cur_off - child.parent_offset
+            side = SPLIT_LEFT if target_owner.children[0] is child else SPLIT_RIGHT
+            if target_owner._is_uni_accessible_locked(target, cur_off):
+                # Only the side we walk into can see it: move instead of copying.
+                assert not (pmm.split[target] & side)
+                pmm.split[target] = 0
+                target_owner.page_list.remove(cur_off)
+            else:
+                cover = self._alloc_locked(1, zero=False)[0]
+                pmm.copy_frame(cover, target)
+                assert pmm.split[target] == 0
+                pmm.split[target] = side
+                target = cover
+                if unmap_from is None:
+                    unmap_from = target_owner
+            child._place_locked(child_off, target)
+            target_owner, cur_off = child, child_off
+        if unmap_from is not None:
+            self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
+        self.hier.generation += 1
+        return target
+
+    def _clone_cow_page_as_zero_locked(self, off: int, owner: CowPages, frame: int,
+                                       owner_off: int, freed: list[int]) -> None:
+        """Make this leaf read zeros at ``off`` where a hidden ancestor's page shows through."""
+        parent = self.parent
+        assert parent is not None
+        p_off = off + self.parent_offset
+        if owner is not parent:
+            frame = parent._clone_cow_page_locked(p_off, owner, frame, owner_off)
+        side = SPLIT_LEFT if parent.children[0] is self else SPLIT_RIGHT
+        if parent._is_uni_accessible_locked(frame, p_off):
+            assert not (self.pmm.split[frame] & side)
+            parent.page_list.remove(p_off)
+            freed.append(frame)
+        else:
+            self.pmm.split[frame] |= side
+        self.page_list.set(off, MARKER)
+
+    # ---------------------------------------------------------------- read and write
+
+    def read_locked(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` (byte units). Raises `NeedPages` for absent pages."""
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent._check_readable_locked()
+            return parent.read_locked(offset + poff * PAGE_SIZE, length)
+        self._check_readable_locked()
+        if length == 0:
+            return b""
+        first = offset // PAGE_SIZE
+        last = (offset + length - 1) // PAGE_SIZE + 1
+        frames, absent = self.resolve_range(first, last)
+        if absent:
+            root = self.root()
+            raise NeedPages(root, absent[0], _run_length(absent))
+        pmm = self.pmm
+        if self.root().page_source is not None:
+            for f in frames:
+                if f:
+                    pmm.touch(f)
+        return _gather(pmm, frames, offset - first * PAGE_SIZE, length)
+
+    def write_locked(self, data: memoryview, offset: int) -> None:
+        """Store ``data`` at byte ``offset``. Pages are forked or committed first."""
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent._check_readable_locked()
+            parent.write_locked(data, offset + poff * PAGE_SIZE)
+            return
+        self._check_readable_locked()
+        length = len(data)
+        if length == 0:
+            return
+        first = offset // PAGE_SIZE
+        last = (offset + length - 1) // PAGE_SIZE + 1
+        frames = self._writable_frames_locked(first, last)
+        _scatter(self.pmm, frames, offset - first * PAGE_SIZE, data)
+        if self.is_source_preserving():
+            self.modified = True
+
+    def _writable_frames_locked(self, first: int, last: int) -> list[int]:
+        """Frames this node owns for every page of ``[first, last)``, committing as needed."""
+        dense = self.page_list.dense(first, last)
+        if self.parent is None and self.page_source is None:
+            # Anonymous root: every missing page is a fresh zero page; allocate them at once.
+            missing = [i for i, v in enumerate(dense) if v <= 0]
+            if missing:
+                new = self._alloc_locked(len(missing), zero=True)
+                for i, f in zip(missing, new, strict=True):
+                    if dense[i] == MARKER:
+                        self.page_list.remove(first + i)
+                    self._place_locked(first + i, f)
+                    dense[i] = f
+                self.range_change_locked(first, last, RangeChangeOp.UNMAP)
+                self.hier.generation += 1
+            return dense
+        if self.is_source_preserving():
+            present = [i for i, v in enumerate(dense) if v > 0]
+            if present:
+                # Dirty-track the pages already here in one pass (may trap to the pager).
+                self._prepare_for_write_locked(first, last - first)
+        out = []
+        for i, v in enumerate(dense):
+            out.append(v if v > 0 else self.lookup_for_write_locked(first + i))
+        return out
+
+    # ---------------------------------------------------------------- commit / decommit / zero
+
+    def commit_range_locked(self, start: int, end: int) -> None:
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent.commit_range_locked(start + poff, end + poff)
+            return
+        self._check_readable_locked()
+        if self.parent is None and self.page_source is None:
+            self._writable_frames_locked(start, end)
+            return
+        for off in range(start, end):
+            v = self.page_list.get(off)
+            if v > 0:
+                continue
+            if self.is_source_preserving() and v == EMPTY and off < self.supply_zero_offset:
+                # Commit populates without dirtying: the content comes from the source.
+                raise NeedPages(self, off, _empty_run(self, off, end))
+            self._commit_one_locked(off)
+
+    def _commit_one_locked(self, off: int) -> None:
+        """Commit a page without dirtying it (COMMIT and PREFETCH are not writes)."""
+        if self.is_source_preserving():
+            # Gap beyond supply_zero_offset, or a marker: a zero page that starts Dirty (seed:
+            # pages the kernel supplies with zeros are dirty from the start).
+            new = self._alloc_locked(1, zero=True)[0]
+            self.pmm.dirty[new] = DirtyState.DIRTY
+            if self.page_list.get(off) == MARKER:
+                self.page_list.remove(off)
+            self._place_locked(off, new)
+            self.hier.generation += 1
+            return
+        self.lookup_for_write_locked(off)
+
+    def decommit_range_locked(self, start: int, end: int) -> None:
+        """Free the pages of ``[start, end)``; only roots without a parent or source can."""
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent.decommit_range_locked(start + poff, end + poff)
+            return
+        if self.parent is not None or self.is_source_preserving():
+            raise ZxError(Status.ERR_NOT_SUPPORTED,
+                          "DECOMMIT is only supported on VMOs without a parent or pager")
+        self._check_not_pinned_locked(start, end)
+        self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+        freed = [v for _, v in self.page_list.take_range(start, end) if v > 0]
+        self._free_frames_locked(freed)
+
+    def _check_not_pinned_locked(self, start: int, end: int) -> None:
+        if not self.pinned_pages:
+            return
+        pin = self.pmm.pin_count
+        for off, v in self.page_list.pages(start, end):
+            if pin[v]:
+                raise ZxError(Status.ERR_BAD_STATE,
+                              f"page at offset {off * PAGE_SIZE:#x} is pinned")
+
+    def zero_pages_locked(self, start: int, end: int) -> None:
+        """Make ``[start, end)`` read zeros, with the fewest pages (seed: ``ZeroPagesLocked``)."""
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent.zero_pages_locked(start + poff, end + poff)
+            return
+        self._check_readable_locked()
+        if end <= start:
+            return
+        if self.parent is None and not self.is_source_preserving() and not self.pinned_pages:
+            self.decommit_range_locked(start, end)
+            return
+        self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+        freed: list[int] = []
+        pmm = self.pmm
+        # Zeroing through the end of what we see of the parent is like a shrink: just stop
+        # seeing the parent there, releasing what nobody else can see.
+        if start < self.parent_limit <= end:
+            assert self.parent is not None
+            if self.parent.hidden:
+                self._release_cow_parent_pages_locked(start, self.parent_limit, freed)
+            else:
+                self.parent_limit = start
+        off = start
+        while off < end:
+            if self.is_source_preserving() and off >= self.supply_zero_offset:
+                break
+            slot = self.page_list.get(off)
+            if slot == MARKER:
+                off += 1
+                continue
+            if slot > 0 and pmm.pin_count[slot]:
+                # A pinned page cannot go away (a device may be using it): zero it in place.
+                pmm.zero_frame(slot)
+                if self.is_source_preserving():
+                    self._note_zeroed_dirty_locked(off)
+                off += 1
+                continue
+            can_see_parent = self.parent is not None and off < self.parent_limit
+            if self.is_source_preserving():
+                # Content before supply_zero_offset is the pager's: an empty slot is not zero.
+                # Replace the page (or the gap) with a marker; markers are clean zero pages.
+                if slot > 0:
+                    self.page_list.remove(off)
+                    freed.append(slot)
+                self.page_list.set(off, MARKER)
+                self._note_zeroed_dirty_locked(off)
+                off += 1
+                continue
+            if not can_see_parent:
+                if slot > 0:
+                    self.page_list.remove(off)
+                    freed.append(slot)
+                off += 1
+                continue
+            parent = self.parent
+            assert parent is not None
+            owner, owner_off, content = self.find_initial_content_locked(off)
+            parent_has_content = content > 0
+            if parent.hidden and not parent_has_content:
+                # The parent is immutable and shows zeros here: an empty slot is enough.
+                if slot > 0:
+                    self.page_list.remove(off)
+                    freed.append(slot)
+                off += 1
+                continue
+            if not parent_has_content:
+                # A mutable (non-hidden) parent shows zeros now but may not later: hold a zero
+                # page of our own. An existing page is zeroed in place.
+                if slot > 0:
+                    pmm.zero_frame(slot)
+                else:
+                    self._free_frames_locked(freed)
+                    freed = []
+                    new = self._alloc_locked(1, zero=True)[0]
+                    self._place_locked(off, new)
+                off += 1
+                continue
+            if slot == EMPTY and owner.hidden:
+                self._free_frames_locked(freed)
+                freed = []
+                self._clone_cow_page_as_zero_locked(off, owner, content, owner_off, freed)
+                off += 1
+                continue
+            if slot > 0:
+                self.page_list.remove(off)
+                freed.append(slot)
+            self.page_list.set(off, MARKER)
+            off += 1
+        if off < end:
+            # Past supply_zero_offset gaps are already zero: drop committed pages only.
+            for o, v in self.page_list.take_range(off, end):
+                if v > 0:
+                    freed.append(v)
+        self._free_frames_locked(freed)
+        self.hier.generation += 1
+
+    def _note_zeroed_dirty_locked(self, off: int) -> None:
+        """Hook for dirty tracking of zeroed pages of pager-backed VMOs."""
+        self.modified = True
+
+    # ---------------------------------------------------------------- releasing parent pages
+
+    def _release_cow_parent_pages_helper_locked(self, start: int, end: int,
+                                                sibling_visible: bool,
+                                                freed: list[int]) -> None:
+        parent = self.parent
+        assert parent is not None
+        p_start = start + self.parent_offset
+        p_end = end + self.parent_offset
+        skip_split_bits = True
+        if self.parent_limit <= end:
+            self.parent_limit = min(start, self.parent_limit)
+            if self.parent_limit <= self.parent_start_limit:
+                self.parent_limit = 0
+                self.parent_start_limit = 0
+        elif start == self.parent_start_limit:
+            self.parent_start_limit = end
+        elif sibling_visible:
+            # The limits cannot express a hole in the middle: mark the pages with our split bit
+            # instead, and tell every ancestor that a merge must look at split bits.
+            cur, cs, ce = self, start, end
+            while cur.parent is not None and cs < ce:
+                cur.parent.partial_cow_release = True
+                cs = max(cs + cur.parent_offset, cur.parent.parent_start_limit)
+                ce = min(ce + cur.parent_offset, cur.parent.parent_limit)
+                cur = cur.parent
+            skip_split_bits = False
+        left = parent.children[0] is self
+        mine, other = (SPLIT_LEFT, SPLIT_RIGHT) if left else (SPLIT_RIGHT, SPLIT_LEFT)
+        pmm = self.pmm
+        for off, v in list(parent.page_list.items(p_start, p_end)):
+            if v == MARKER:
+                if not sibling_visible:
+                    parent.page_list.remove(off)
+                continue
+            if not sibling_visible or pmm.split[v] & other:
+                parent.page_list.remove(off)
+                freed.append(v)
+                continue
+            if skip_split_bits:
+                pmm.split[v] = 0
+            else:
+                pmm.split[v] |= mine
+
+    def _release_cow_parent_pages_locked(self, start: int, end: int, freed: list[int]) -> None:
+        """Stop seeing ``[start, end)`` of the parent, freeing what nobody else sees.
+
+        Seed: ``ReleaseCowParentPagesLocked``. The range is cut into pieces each of a single
+        kind (seen by the sibling, or not); a piece not seen by the sibling is released in the
+        grandparent too, recursively, before this node's limits shrink.
+        """
+        while end > start:
+            cur_start, cur_end = start, end
+            cur = self
+            path: list[CowPages] = []  # the children we walked up through
+            while (cur.parent is not None and cur.parent_start_limit < cur_end
+                   and cur_start < cur.parent_limit):
+                if cur_end > cur.parent_limit:
+                    cur_start = cur.parent_limit
+                    break
+                cur_start = max(cur_start, cur.parent_start_limit)
+                parent = cur.parent
+                # Hidden nodes only ever hang below hidden nodes, and callers start here only
+                # when the parent is hidden.
+                assert parent.hidden
+                other = parent.children[1] if parent.children[0] is cur else parent.children[0]
+                our_start = cur_start + cur.parent_offset
+                our_end = cur_end + cur.parent_offset
+                other_start = other.parent_offset + other.parent_start_limit
+                other_end = other.parent_offset + other.parent_limit
+                if other_end >= our_end and other_start < our_end:
+                    if other_start > our_start:
+                        cur_start += other_start - our_start
+                    cur._release_cow_parent_pages_helper_locked(cur_start, cur_end, True, freed)
+                    break
+                if our_start < other_end < our_end:
+                    cur_start += other_end - our_start
+                path.append(cur)
+                cur_start += cur.parent_offset
+                cur_end = our_end
+                cur = parent
+            # Walk back down applying the not-seen-by-sibling release at each level.
+            while path:
+                child = path.pop()
+                cur_start -= child.parent_offset
+                cur_end -= child.parent_offset
+                child._release_cow_parent_pages_helper_locked(cur_start, cur_end, False, freed)
+            end = cur_start
+
+    # ---------------------------------------------------------------- resize
+
+    def resize_locked(self, new_size: int) -> None:
+        assert not self.is_slice
+        freed: list[int] = []
+        if new_size < self.size:
+            start, end = new_size, self.size
+            self._check_not_pinned_locked(start, end)
+            self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+            if self.page_source is not None:
+                self.page_source.on_resize(self, start, end)
+            if self.is_source_preserving():
+                if new_size < self.supply_zero_offset:
+                    self.supply_zero_offset = new_size
+                    self.awaiting_clean_zero_range_end = 0
+                elif self.awaiting_clean_zero_range_end > new_size:
+                    self.awaiting_clean_zero_range_end = new_size
+            if self.parent is not None and self.parent.hidden:
+                self._release_cow_parent_pages_locked(start, end, freed)
+                assert self.parent_limit <= new_size
+            else:
+                self.parent_limit = min(self.parent_limit, new_size)
+            # A parent's tail that disappeared must stay invisible to children even if the
+            # parent grows again.
+            for child in self.children:
+                if new_size < child.parent_offset:
+                    child.parent_limit = 0
+                else:
+                    child.parent_limit = min(child.parent_limit, new_size - child.parent_offset)
+            for _, v in self.page_list.take_range(start, end):
+                if v > 0:
+                    freed.append(v)
+        elif new_size > self.size:
+            self.range_change_locked(self.size, new_size, RangeChangeOp.UNMAP)
+        self.size = new_size
+        self._free_frames_locked(freed)
+        self.hier.generation += 1
+
+    # ---------------------------------------------------------------- closing and merging
+
+    def close_locked(self) -> None:
+        """The VMO handle of this node is gone: leave the tree if nothing depends on us."""
+        self.paged_ref = None
+        node: CowPages | None = self
+        while node is not None and node.paged_ref is None and not node.children \
+                and not node.hidden:
+            parent = node.parent
+            node._destroy_locked()
+            # A visible parent whose VMO is already closed may now be unreferenced too.
+            node = parent if parent is not None and not parent.hidden else None
+
+    def _destroy_locked(self) -> None:
+        self._remove_from_discardable_lists_locked()
+        if self.parent is not None:
+            self.parent._remove_child_locked(self)
+            self.parent = None
+        elif self.hier.root is self:
+            # The last node of the tree: the hierarchy is gone.
+            self.hier.root = None
+            with self.hier.kernel.hierarchies_lock:
+                self.hier.kernel.hierarchies.discard(self.hier)
+        if self.page_source is not None:
+            self.page_source.on_close(self)
+        frames = [v for _, v in self.page_list.take_range(0) if v > 0]
+        pin = self.pmm.pin_count
+        for f in frames:
+            pin[f] = 0
+        self.pinned_pages = 0
+        self._free_frames_locked(frames)
+
+    def _remove_child_locked(self, removed: CowPages) -> None:
+        if not self.hidden:
+            self.children.remove(removed)
+            return
+        assert len(self.children) == 2
+        removed_left = self.children[0] is removed
+        self.children.remove(removed)
+        child = self.children[0]
+        self._merge_content_with_child_locked(removed, removed_left)
+        # Take this hidden node out of the tree: the remaining child takes its place.
+        self.children = []
+        if self.parent is not None:
+            siblings = self.parent.children
+            siblings[siblings.index(self)] = child
+        else:
+            self.hier.root = child
+        child.parent = self.parent
+        self.parent = None
+        self.hier.generation += 1
+
+    def _merge_content_with_child_locked(self, removed: CowPages, removed_left: bool) -> None:
+        """Fold this hidden node into its one remaining child (seed: ``MergeContentWithChild``)."""
+        child = self.children[0]
+        freed: list[int] = []
+        vis_start = child.parent_offset + child.parent_start_limit
+        merge_start = child.parent_offset
+        merge_end = child.parent_offset + child.parent_limit
+        for _, v in self.page_list.take_range(0, vis_start):
+            if v > 0:
+                freed.append(v)
+        for _, v in self.page_list.take_range(merge_end):
+            if v > 0:
+                freed.append(v)
+        if child.parent_offset + child.parent_limit > self.parent_limit:
+            # The child must not see more of our parent than we could.
+            if self.parent_limit < child.parent_offset:
+                child.parent_limit = 0
+                child.parent_start_limit = 0
+            else:
+                child.parent_limit = self.parent_limit - child.parent_offset
+                child.parent_start_limit = min(child.parent_start_limit, child.parent_limit)
+        elif self.parent is not None:
+            self._release_cow_parent_pages_locked(merge_end, self.parent_limit, freed)
+        if (self.parent is not None
+                and removed.parent_offset + removed.parent_start_limit < vis_start):
+            self._release_cow_parent_pages_locked(
+                removed.parent_offset + removed.parent_start_limit, vis_start, freed)
+        child.parent_offset += self.parent_offset
+        pmm = self.pmm
+        # Pages move from this node into the child: the child's own entries win; a page the
+        # removed side had forked (its split bit set) is visible to the child alone and moves;
+        # a page the child's side had forked and then migrated deeper is stale and is freed.
+        child_side = SPLIT_RIGHT if removed_left else SPLIT_LEFT
+        for off, v in self.page_list.take_range(merge_start, merge_end):
+            c_off = off - merge_start
+            if child.page_list.get(c_off) != EMPTY:
+                if v > 0:
+                    freed.append(v)
+                continue
+            if v > 0:
+                if pmm.split[v] & child_side:
+                    freed.append(v)
+                    continue
+                pmm.split[v] = 0
+                child.page_list.set(c_off, v)
+                pmm.set_owner(v, child, c_off)
+            else:
+                child.page_list.set(c_off, MARKER)
+        self._free_frames_locked(freed)
+
+    # ---------------------------------------------------------------- attribution
+
+    def attribution_target(self) -> CowPages | None:
+        """The live VMO node pages of this (visible) node are attributed to.
+
+        A node whose VMO was closed while slices still show it passes its pages on to its
+        first live descendant, so that every frame counts for exactly one live VMO.
+        """
+        for n in self.walk_subtree():
+            if n.paged_ref is not None and not n.hidden:
+                return n
+        return None
+
+    def designated_viewer_locked(self, off: int, frame: int) -> CowPages | None:
+        """The leaf a page of this hidden node is attributed to: the first (left-first) leaf
+        that can see it, skipping sides whose split bit says they forked it."""
+        split = self.pmm.split[frame]
+        for idx, child in enumerate(self.children):
+            if split & (SPLIT_LEFT if idx == 0 else SPLIT_RIGHT):
+                continue
+            found = _first_seer(child, off - child.parent_offset)
+            if found is not None:
+                return found
+        return None
+
+    # ---------------------------------------------------------------- discardable
+
+    def _move_to_list_locked(self, state: DiscardableState) -> None:
+        k = self.hier.kernel
+        with k.discardable_lock:
+            k.reclaim_candidates.pop(self, None)
+            k.non_reclaim_candidates.pop(self, None)
+            if state == DiscardableState.RECLAIMABLE:
+                k.reclaim_candidates[self] = None
+            elif state != DiscardableState.UNSET:
+                k.non_reclaim_candidates[self] = None
+            self.discardable_state = state
+
+    def _remove_from_discardable_lists_locked(self) -> None:
+        if self.discardable_state != DiscardableState.UNSET:
+            self._move_to_list_locked(DiscardableState.UNSET)
+
+    def lock_locked(self, try_only: bool) -> bool:
+        """LOCK / TRY_LOCK. Returns whether the content was discarded before this lock."""
+        discarded = self.discardable_state == DiscardableState.DISCARDED
+        if discarded and try_only:
+            raise ZxError(Status.ERR_UNAVAILABLE, "TRY_LOCK of a discarded VMO")
+        if self.lock_count == 0:
+            self._move_to_list_locked(DiscardableState.UNRECLAIMABLE)
+        self.lock_count += 1
+        return discarded
+
+    def unlock_locked(self) -> None:
+        if self.lock_count == 0:
+            raise ZxError(Status.ERR_BAD_STATE, "UNLOCK of a VMO that is not locked")
+        if self.lock_count == 1:
+            self.last_unlock_time = time.monotonic()
+            self._move_to_list_locked(DiscardableState.RECLAIMABLE)
+        self.lock_count -= 1
+
+    def discard_locked(self, min_age: float) -> int:
+        """Drop every page of an unlocked discardable VMO; returns pages freed."""
+        if self.discardable_state != DiscardableState.RECLAIMABLE:
+            return 0
+        if time.monotonic() - self.last_unlock_time < min_age:
+            return 0
+        assert self.lock_count == 0
+        self.range_change_locked(0, self.size, RangeChangeOp.UNMAP)
+        frames = [v for _, v in self.page_list.take_range(0) if v > 0]
+        self._free_frames_locked(frames)
+        self.eviction_events += 1
+        self._move_to_list_locked(DiscardableState.DISCARDED)
+        return len(frames)
+
+    # ---------------------------------------------------------------- pinning
+
+    def pin_locked(self, start: int, end: int, writable: bool) -> list[int]:
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            return parent.pin_locked(start + poff, end + poff, writable)
+        self._check_readable_locked()
+        # Commit first (a pin needs pages this node owns); only then pin, so a failure part-way
+        # leaves nothing pinned.
+        frames = [self.lookup_for_write_locked(off) if self.page_list.get(off) <= 0
+                  else self.page_list.get(off) for off in range(start, end)]
+        pmm = self.pmm
+        for f in frames:
+            if pmm.pin_count[f] == 0xFFFF:
+                raise ZxError(Status.ERR_NO_RESOURCES, "pin count overflow")
+        for f in frames:
+            if pmm.pin_count[f] == 0:
+                self.pinned_pages += 1
+                pmm.set_queue(f, PageQueue.WIRED)
+            pmm.pin_count[f] += 1
+        return frames
+
+    def unpin_locked(self, start: int, end: int) -> None:
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent.unpin_locked(start + poff, end + poff)
+            return
+        pmm = self.pmm
+        for off in range(start, end):
+            f = self.page_list.get(off)
+            if f <= 0 or pmm.pin_count[f] == 0:
+                continue  # the pages went away with the VMO
+            pmm.pin_count[f] -= 1
+            if pmm.pin_count[f] == 0:
+                self.pinned_pages -= 1
+                dirty = pmm.dirty[f]
+                if self.page_source is None:
+                    pmm.set_queue(f, PageQueue.ANONYMOUS)
+                elif dirty in (DirtyState.DIRTY, DirtyState.AWAITING_CLEAN):
+                    pmm.set_queue(f, PageQueue.PAGER_BACKED_DIRTY)
+                else:
+                    pmm.set_queue(f, PageQueue.PAGER_BACKED)
+
+    # ---------------------------------------------------------------- zero-page dedup
+
+    def scan_for_zero_pages_locked(self, reclaim: bool) -> int:
+        """Count (and with ``reclaim`` replace by markers) pages that are all zeros."""
+        if self.hidden or self.is_slice or self.page_source is not None:
+            return 0
+        pmm = self.pmm
+        found = []
+        for off, v in self.page_list.pages():
+            if pmm.pin_count[v] == 0 and pmm.is_zero(v):
+                found.append((off, v))
+        if reclaim and found:
+            for off, v in found:
+                self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
+                self.page_list.set(off, MARKER)
+            self._free_frames_locked([v for _, v in found])
+            self.eviction_events += 1
+        return len(found)
+
+    # ---------------------------------------------------------------- pager hooks (issue 4)
+
+    def _prepare_for_write_locked(self, start: int, count: int) -> None:
+        """Dirty-track pages about to be written (pager-backed roots); see vmo.pager."""
+        src = self.page_source
+        assert src is not None
+        src.prepare_for_write_locked(self, start, count)
+
+
+def _first_seer(node: CowPages, off: int) -> CowPages | None:
+    """First leaf under ``node`` (inclusive) that sees its parent's content at ``off``."""
+    if not (node.parent_start_limit <= off < node.parent_limit):
+        return None
+    if node.page_list.get(off) != EMPTY:
+        return None
+    if not node.hidden:
+        return node
+    for child in node.children:
+        found = _first_seer(child, off - child.parent_offset)
+        if found is not None:
+            return found
+    return None
+
+
+def _run_length(offsets: list[int]) -> int:
+    n = 1
+    while n < len(offsets) and offsets[n] == offsets[0] + n:
+        n += 1
+    return n
+
+
+def _empty_run(node: CowPages, off: int, end: int) -> int:
+    n = 1
+    limit = min(end, node.supply_zero_offset)
+    while off + n < limit and node.page_list.get(off + n) == EMPTY:
+        n += 1
+    return n
+
+
+def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> bytes:
+    """Concatenate the bytes of ``frames`` from byte ``skip`` for ``length`` bytes.
+
+    Runs of consecutive frames are sliced out of the physmap in one piece, runs of the zero
+    frame become one zero buffer, and ``bytes.join`` makes the single final copy.
+    """
+    chunks: list[Any] = []
+    physmap = pmm.physmap
+    i, n = 0, len(frames)
+    pos = -skip  # byte position of frames[i] relative to the requested start
+    while i < n:
+        f = frames[i]
+        j = i + 1
+        if f == ZERO_FRAME:
+            while j < n and frames[j] == ZERO_FRAME:
+                j += 1
+        else:
+            while j < n and frames[j] == f + (j - i):
+                j += 1
+        run_start = pos
+        run_end = pos + (j - i) * PAGE_SIZE
+        lo = max(0, run_start)
+        hi = min(length, run_end)
+        if lo < hi:
+            if f == ZERO_FRAME:
+                chunks.append(bytes(hi - lo))
+            else:
+                base = f * PAGE_SIZE + (lo - run_start)
+                chunks.append(physmap[base: base + (hi - lo)])
+        pos = run_end
+        i = j
+    if len(chunks) == 1:
+        return bytes(chunks[0])
+    return b"".join(chunks)
+
+
+def _scatter(pmm: PhysicalMemory, frames: list[int], skip: int, data: memoryview) -> None:
+    """Copy ``data`` into ``frames`` starting at byte ``skip`` of the first frame."""
+    physmap = pmm.physmap
+    length = len(data)
+    i, n = 0, len(frames)
+    pos = -skip
+    while i < n:
+        f = frames[i]
+        j = i + 1
+        while j < n and frames[j] == f + (j - i):
+            j += 1
+        run_start = pos
+        run_end = pos + (j - i) * PAGE_SIZE
+        lo = max(0, run_start)
+        hi = min(length, run_end)
+        if lo < hi:
+            base = f * PAGE_SIZE + (lo - run_start)
+            physmap[base: base + (hi - lo)] = data[lo:hi]
+        pos = run_end
+        i = j
+
+
+__all__ = [
+    "ABSENT",
+    "CowPages",
+    "DiscardableState",
+    "FrameState",
+    "Hierarchy",
+    "KernelState",
+    "NeedPages",
+    "RangeChangeOp",
+]

@@ -1,0 +1,359 @@
+"""Validators, dumps and pictures of hierarchies.
+
+`validate` ports the seed's ``DebugValidatePageSplitsLocked`` and ``DebugValidateBacklinksLocked``
+and adds what a Python model can afford to check after every step: frame accounting (every
+frame free or held by exactly one page-list slot), attribution sums, limits, discardable lists,
+pin counts and dirty states.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vmo.cow_pages import ABSENT, NO_SUPPLY_ZERO, CowPages, DiscardableState, Hierarchy
+from vmo.errors import InvariantError
+from vmo.page_list import MARKER
+from vmo.pmm import PAGE_SIZE, SPLIT_LEFT, SPLIT_RIGHT, DirtyState, FrameState, PageQueue
+
+if TYPE_CHECKING:
+    from vmo.kernel import Kernel
+    from vmo.vm_object import Vmo
+
+__all__ = ["validate", "dump", "to_dot", "ABSENT"]
+
+
+def _fail(node: CowPages | None, off: int | None, what: str) -> InvariantError:
+    where = f"node #{node.id}" if node is not None else "kernel"
+    if off is not None:
+        where += f" offset {off * PAGE_SIZE:#x}"
+    return InvariantError(f"{where}: {what}")
+
+
+def validate(k: Kernel) -> None:
+    """Check every invariant of every hierarchy of ``k``; raise `InvariantError` if one breaks."""
+    if k.closed:
+        return
+    pmm = k.pmm
+    seen_frames: dict[int, tuple[CowPages, int]] = {}
+    live_vmos = k.live_vmos()
+    total_attributed = 0
+    for hier in k.hierarchies():
+        with hier.lock:
+            _validate_hierarchy(k, hier, seen_frames)
+            attribution = k._attribution_locked(hier)
+            total_attributed += sum(attribution.values())
+            for node, count in attribution.items():
+                if node.paged_ref is None or node.paged_ref.closed:
+                    raise _fail(node, None, f"{count} pages attributed to a node with no live VMO")
+    # Frame accounting: every frame the allocator thinks is in use is in exactly one slot.
+    used = pmm.used_frames
+    if len(seen_frames) != used:
+        in_use = [f for f in range(1, pmm.total_frames)
+                  if pmm.state[f] in (FrameState.OBJECT, FrameState.ALLOC)]
+        leaked = sorted(set(in_use) - set(seen_frames))[:8]
+        raise _fail(None, None, f"{used} frames in use but {len(seen_frames)} held by page lists; "
+                                f"leaked frames (first 8): {leaked}")
+    if total_attributed != len(seen_frames):
+        raise _fail(None, None, f"attribution sums to {total_attributed} pages but page lists "
+                                f"hold {len(seen_frames)} frames")
+    # Every live VMO stands for a node of a live hierarchy.
+    for v in live_vmos:
+        if v.cow.paged_ref is not v:
+            raise _fail(v.cow, None, f"VMO koid {v.koid} points at a node that does not point back")
+    _validate_discardable_lists(k)
+
+
+def _validate_hierarchy(k: Kernel, hier: Hierarchy,
+                        seen_frames: dict[int, tuple[CowPages, int]]) -> None:
+    root = hier.root
+    assert root is not None
+    if root.parent is not None:
+        raise _fail(root, None, "hierarchy root has a parent")
+    pmm = k.pmm
+    for node in root.walk_subtree():
+        if node.hier is not hier:
+            raise _fail(node, None, "node belongs to another hierarchy")
+        for child in node.children:
+            if child.parent is not node:
+                raise _fail(child, None, f"parent pointer is not node #{node.id}")
+        if node.hidden:
+            if len(node.children) != 2:
+                raise _fail(node, None, f"hidden node has {len(node.children)} children")
+            if node.paged_ref is not None:
+                raise _fail(node, None, "hidden node still stands for a VMO")
+            if node.page_source is not None:
+                raise _fail(node, None, "hidden node has a page source")
+        elif node.paged_ref is None and not node.children:
+            raise _fail(node, None, "closed node with no children was not freed")
+        if node.is_slice:
+            if not node.page_list.is_empty():
+                raise _fail(node, None, "slice holds pages")
+            if node.parent is None or node.parent.is_slice or node.parent.hidden:
+                raise _fail(node, None, "slice parent is not a visible non-slice node")
+            if node.parent_offset + node.size > node.parent.size and node.parent_limit:
+                if node.parent_offset + node.parent_limit > node.parent.size:
+                    raise _fail(node, None, "slice sees past its parent")
+        # Limits.
+        if not (0 <= node.parent_start_limit <= node.parent_limit):
+            raise _fail(node, None, f"limits start {node.parent_start_limit} > limit "
+                                    f"{node.parent_limit}")
+        if node.parent is None:
+            if node.parent_limit or node.parent_offset:
+                raise _fail(node, None, "root with a parent window")
+        else:
+            if node.parent_limit > node.size:
+                raise _fail(node, None, f"parent_limit {node.parent_limit} > size {node.size}")
+            if not node.parent.hidden and node.parent_start_limit:
+                raise _fail(node, None, "parent_start_limit on a child of a visible node")
+            if not node.hidden and node.parent_start_limit:
+                raise _fail(node, None, "visible node with a parent_start_limit")
+            if node.root_parent_offset != node.parent.root_parent_offset + node.parent_offset:
+                raise _fail(node, None, "root_parent_offset is not the sum of parent offsets")
+        if node.discardable and node.children:
+            raise _fail(node, None, "discardable VMO has children")
+        # Page list: bounds, backlinks, frames held once, split bits only in hidden nodes.
+        pinned = 0
+        for off, v in node.page_list.items():
+            if off >= node.size and not node.hidden:
+                raise _fail(node, off, f"entry past the end ({node.size} pages)")
+            if v == MARKER:
+                continue
+            if v in seen_frames:
+                other, o_off = seen_frames[v]
+                raise _fail(node, off, f"frame {v} also held by node #{other.id} at "
+                                       f"{o_off * PAGE_SIZE:#x}")
+            seen_frames[v] = (node, off)
+            if pmm.state[v] != FrameState.OBJECT:
+                raise _fail(node, off, f"frame {v} in state {FrameState(pmm.state[v]).name}")
+            if pmm.owner[v] is not node or pmm.offset[v] != off:
+                owner = pmm.owner[v]
+                raise _fail(node, off, f"frame {v} backlink points at "
+                                       f"{'#' + str(owner.id) if owner else None} "
+                                       f"offset {pmm.offset[v]}")
+            split = pmm.split[v]
+            if split and not node.hidden:
+                raise _fail(node, off, f"split bits {split} on a page of a visible node")
+            if split == SPLIT_LEFT | SPLIT_RIGHT:
+                raise _fail(node, off, "page split both ways is visible to nobody but kept")
+            if pmm.pin_count[v]:
+                pinned += 1
+                if pmm.queue[v] != PageQueue.WIRED:
+                    raise _fail(node, off, "pinned page not in the wired queue")
+            _validate_dirty(node, off, v)
+        if pinned != node.pinned_pages:
+            raise _fail(node, None, f"pinned_pages {node.pinned_pages} but {pinned} pinned frames")
+        if node.hidden:
+            _validate_page_splits(node)
+        _validate_discardable(node)
+        if node.page_source is None and node.supply_zero_offset != NO_SUPPLY_ZERO:
+            raise _fail(node, None, "supply_zero_offset set without a page source")
+
+
+def _validate_dirty(node: CowPages, off: int, frame: int) -> None:
+    pmm = node.pmm
+    dirty = pmm.dirty[frame]
+    if not node.is_source_preserving():
+        if dirty != DirtyState.UNTRACKED:
+            raise _fail(node, off, f"dirty state {DirtyState(dirty).name} on an untracked page")
+        return
+    if dirty == DirtyState.UNTRACKED:
+        raise _fail(node, off, "page of a pager-backed root without a dirty state")
+    if off >= node.supply_zero_offset and dirty == DirtyState.CLEAN:
+        raise _fail(node, off, "clean page beyond supply_zero_offset")
+    if pmm.pin_count[frame] == 0:
+        want = (PageQueue.PAGER_BACKED if dirty == DirtyState.CLEAN
+                else PageQueue.PAGER_BACKED_DIRTY)
+        if pmm.queue[frame] != want:
+            raise _fail(node, off, f"{DirtyState(dirty).name} page in queue "
+                                   f"{PageQueue(pmm.queue[frame]).name}")
+
+
+def _sees(node: CowPages, off: int) -> bool:
+    return node.parent_start_limit <= off < node.parent_limit
+
+
+def _subtree_can_see(node: CowPages, off: int) -> bool:
+    """Can some leaf below ``node`` (inclusive) see its parent's page at ``off``?"""
+    if not _sees(node, off):
+        return False
+    if node.page_list.get(off) != 0:
+        return False
+    if not node.hidden:
+        return True
+    if node.partial_cow_release:
+        return True  # seed: such a node may still see it; only a merge can tell
+    return any(_subtree_can_see(c, off - c.parent_offset) for c in node.children)
+
+
+def _validate_page_splits(node: CowPages) -> None:
+    """Seed: ``DebugValidatePageSplitsLocked``. A split page is seen by one side only."""
+    pmm = node.pmm
+    for off, frame in node.page_list.pages():
+        split = pmm.split[frame]
+        if not split:
+            continue
+        forked, other = ((node.left, node.right) if split == SPLIT_LEFT
+                         else (node.right, node.left))
+        if _subtree_can_see_strict(forked, off - forked.parent_offset):
+            raise _fail(node, off, f"page split toward node #{forked.id} is still visible there")
+        if not node.partial_cow_release and not _subtree_can_see(other, off - other.parent_offset):
+            raise _fail(node, off, f"split page is visible to no leaf under node #{other.id}")
+
+
+def _subtree_can_see_strict(node: CowPages, off: int) -> bool:
+    if not _sees(node, off) or node.page_list.get(off) != 0:
+        return False
+    if not node.hidden:
+        return True
+    return any(_subtree_can_see_strict(c, off - c.parent_offset) for c in node.children)
+
+
+def _validate_discardable(node: CowPages) -> None:
+    st = node.discardable_state
+    if not node.discardable:
+        if st != DiscardableState.UNSET or node.lock_count:
+            raise _fail(node, None, "discardable state on a non-discardable node")
+        return
+    if st == DiscardableState.UNRECLAIMABLE and node.lock_count == 0:
+        raise _fail(node, None, "locked state with lock count 0")
+    if st in (DiscardableState.RECLAIMABLE, DiscardableState.DISCARDED) and node.lock_count:
+        raise _fail(node, None, f"{st.name} with lock count {node.lock_count}")
+    if st == DiscardableState.UNSET and node.lock_count:
+        raise _fail(node, None, "never-locked state with a lock count")
+    if st == DiscardableState.DISCARDED and node.page_list.count_pages():
+        raise _fail(node, None, "discarded VMO still holds pages")
+
+
+def _validate_discardable_lists(k: Kernel) -> None:
+    st = k.state
+    with st.discardable_lock:
+        rec = list(st.reclaim_candidates)
+        non = list(st.non_reclaim_candidates)
+    for cow in rec:
+        if cow.discardable_state != DiscardableState.RECLAIMABLE:
+            raise _fail(cow, None, f"on the reclaim list in state {cow.discardable_state.name}")
+        if cow in st.non_reclaim_candidates:
+            raise _fail(cow, None, "on both discardable lists")
+    for cow in non:
+        if cow.discardable_state not in (DiscardableState.UNRECLAIMABLE,
+                                         DiscardableState.DISCARDED):
+            raise _fail(cow, None, f"on the non-reclaim list in state {cow.discardable_state.name}")
+    times = [c.last_unlock_time for c in rec]
+    if times != sorted(times):
+        raise _fail(None, None, "reclaim candidates are not in unlock order")
+    for v in k.live_vmos():
+        cow = v.cow
+        if cow.discardable and cow.discardable_state != DiscardableState.UNSET:
+            listed = cow in st.reclaim_candidates or cow in st.non_reclaim_candidates
+            if not listed:
+                raise _fail(cow, None, f"{cow.discardable_state.name} but on no list")
+
+
+# ---------------------------------------------------------------------------- dumps
+
+
+def _nodes_of(target: Any) -> list[tuple[Hierarchy, CowPages]]:
+    from vmo.kernel import Kernel
+
+    if isinstance(target, Kernel):
+        return [(h, h.root) for h in target.hierarchies() if h.root is not None]
+    cow = target.cow
+    root = cow.hier.root
+    return [(cow.hier, root)] if root is not None else []
+
+
+def _label(node: CowPages) -> str:
+    ref: Vmo | None = node.paged_ref
+    if node.hidden:
+        kind = "hidden"
+    elif node.is_slice:
+        kind = "slice"
+    else:
+        kind = "vmo"
+    who = f"koid {ref.koid}" if ref is not None else ("closed" if not node.hidden else "")
+    name = f" {ref._name!r}" if ref is not None and ref._name else ""
+    return f"#{node.id} {kind} {who}{name}".rstrip()
+
+
+def _window(node: CowPages) -> str:
+    if node.parent is None:
+        return ""
+    p = PAGE_SIZE
+    return (f" offset {node.parent_offset * p:#x} start_limit {node.parent_start_limit * p:#x}"
+            f" limit {node.parent_limit * p:#x}")
+
+
+def _slot_text(node: CowPages, off: int, v: int) -> str:
+    if v == MARKER:
+        return f"{off * PAGE_SIZE:#x}: zero marker"
+    pmm = node.pmm
+    split = pmm.split[v]
+    bits = ("L" if split & SPLIT_LEFT else ".") + ("R" if split & SPLIT_RIGHT else ".")
+    extra = []
+    if pmm.dirty[v]:
+        extra.append(DirtyState(pmm.dirty[v]).name.lower())
+    if pmm.pin_count[v]:
+        extra.append(f"pinned x{pmm.pin_count[v]}")
+    more = f" {' '.join(extra)}" if extra else ""
+    return f"{off * PAGE_SIZE:#x}: frame {v} ({bits}){more}"
+
+
+def dump(target: Any, *, max_pages: int = 64) -> str:
+    """The hierarchy of a `Vmo` (or of every VMO of a `Kernel`) as an indented tree."""
+    lines: list[str] = []
+    for hier, root in _nodes_of(target):
+        with hier.lock:
+            stack: list[tuple[CowPages, int]] = [(root, 0)]
+            while stack:
+                node, depth = stack.pop()
+                pad = "  " * depth
+                extras = []
+                if node.page_source is not None:
+                    extras.append(f"pager supply_zero {node.supply_zero_offset * PAGE_SIZE:#x}"
+                                  if node.supply_zero_offset != NO_SUPPLY_ZERO else "pager")
+                if node.discardable:
+                    extras.append(f"discardable {node.discardable_state.name.lower()}"
+                                  f" locks={node.lock_count}")
+                if node.partial_cow_release:
+                    extras.append("partial_cow_release")
+                tail = f" [{', '.join(extras)}]" if extras else ""
+                lines.append(f"{pad}{_label(node)} size {node.size * PAGE_SIZE:#x}"
+                             f"{_window(node)} pages {node.page_list.count_pages()}{tail}")
+                for i, (off, v) in enumerate(node.page_list.items()):
+                    if i >= max_pages:
+                        lines.append(f"{pad}    ... {len(node.page_list) - max_pages} more")
+                        break
+                    lines.append(f"{pad}    {_slot_text(node, off, v)}")
+                for child in reversed(node.children):
+                    stack.append((child, depth + 1))
+    return "\n".join(lines)
+
+
+def to_dot(target: Any, *, max_pages: int = 16) -> str:
+    """The same tree as a Graphviz DOT graph (render with ``dot -Tsvg``)."""
+    out = ["digraph vmo {", '  node [shape=record, fontname="monospace"];']
+    for hier, root in _nodes_of(target):
+        with hier.lock:
+            for node in root.walk_subtree():
+                slots = []
+                for i, (off, v) in enumerate(node.page_list.items()):
+                    if i >= max_pages:
+                        slots.append("...")
+                        break
+                    slots.append(_slot_text(node, off, v).replace("(", "\\(").replace(")", "\\)"))
+                title = _label(node) + f"\\nsize {node.size * PAGE_SIZE:#x}"
+                if node.parent is not None:
+                    title += (f"\\n[{node.parent_offset * PAGE_SIZE:#x} +"
+                              f" {node.parent_start_limit * PAGE_SIZE:#x}..."
+                              f"{node.parent_limit * PAGE_SIZE:#x})")
+                label = "{" + title + ("|" + "\\l".join(slots) + "\\l" if slots else "") + "}"
+                label = label.replace('"', '\\"').replace("<", "\\<").replace(">", "\\>")
+                style = ', style=dashed' if node.hidden else ""
+                out.append(f'  n{node.id} [label="{label}"{style}];')
+                for idx, child in enumerate(node.children):
+                    edge = ""
+                    if node.hidden:
+                        edge = ' [label="L"]' if idx == 0 else ' [label="R"]'
+                    out.append(f"  n{node.id} -> n{child.id}{edge};")
+    out.append("}")
+    return "\n".join(out)

@@ -1,0 +1,229 @@
+"""`Kernel`: one physical arena and every object made from it.
+
+Kernels share nothing: each has its own memfd arena, frame table, discardable lists and page
+queues, so tests and experiments can run many side by side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+
+from vmo import _args
+from vmo.cow_pages import CowPages, DiscardableState, Hierarchy, KernelState, NeedPages
+from vmo.errors import Status, ZxError
+from vmo.pmm import PAGE_SIZE, PageQueue, PhysicalMemory
+from vmo.types import MemoryStats, VmoOptions
+from vmo.vm_object import Vmo
+
+DEFAULT_MEMORY = 256 * 2**20
+
+
+class Kernel:
+    """The emulated kernel: ``Kernel(memory=...)`` bytes of physical memory in a memfd."""
+
+    def __init__(self, memory: int = DEFAULT_MEMORY, *,
+                 page_request_timeout: float | None = 30.0) -> None:
+        memory = _args.u64("memory", memory)
+        self.page_request_timeout = _args.timeout("page_request_timeout", page_request_timeout)
+        if memory < 2 * PAGE_SIZE:
+            raise ZxError(Status.ERR_INVALID_ARGS,
+                          f"memory {memory} must hold at least two pages of {PAGE_SIZE} bytes")
+        try:
+            self.pmm = PhysicalMemory(memory)
+        except OSError as e:
+            raise ZxError(Status.ERR_NO_MEMORY, f"cannot create the arena: {e}") from e
+        self.state = KernelState(self.pmm)
+        self._koids = itertools.count(1)
+        self._objects_lock = threading.Lock()
+        self._vmos: dict[int, weakref.ref[Vmo]] = {}
+        self.closed = False
+        self.zero_pages_deduped = 0
+
+    def __repr__(self) -> str:
+        return (f"<Kernel {self.pmm.total_frames * PAGE_SIZE >> 20} MiB, "
+                f"{len(self._vmos)} VMOs{' closed' if self.closed else ''}>")
+
+    # ---------------------------------------------------------------- objects
+
+    def _next_koid(self) -> int:
+        return next(self._koids)
+
+    def _register(self, vmo: Vmo) -> None:
+        with self._objects_lock:
+            self._vmos[vmo.koid] = weakref.ref(vmo)
+
+    def _unregister(self, vmo: Vmo) -> None:
+        with self._objects_lock:
+            self._vmos.pop(vmo.koid, None)
+
+    def live_vmos(self) -> list[Vmo]:
+        """Every open VMO of this kernel, oldest first."""
+        with self._objects_lock:
+            refs = list(self._vmos.values())
+        return [v for v in (r() for r in refs) if v is not None and not v.closed]
+
+    def hierarchies(self) -> list[Hierarchy]:
+        with self.state.hierarchies_lock:
+            return [h for h in self.state.hierarchies if h.root is not None]
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, "the kernel is closed")
+
+    # ---------------------------------------------------------------- syscalls
+
+    def vmo_create(self, size: int, options: VmoOptions = VmoOptions(0)) -> Vmo:
+        """``zx_vmo_create``: a VMO of ``size`` bytes (rounded up to pages), all zeros."""
+        opts = _args.flags("options", options, VmoOptions)
+        size = _args.page_size_round("size", size)
+        self._check_open()
+        if opts & VmoOptions.DISCARDABLE and opts & VmoOptions.RESIZABLE:
+            raise ZxError(Status.ERR_NOT_SUPPORTED, "a DISCARDABLE VMO cannot be RESIZABLE")
+        hier = self._new_hierarchy()
+        cow = CowPages(hier, size // PAGE_SIZE, discardable=bool(opts & VmoOptions.DISCARDABLE))
+        hier.root = cow
+        return Vmo(self, cow, resizable=bool(opts & VmoOptions.RESIZABLE),
+                   discardable=bool(opts & VmoOptions.DISCARDABLE))
+
+    def _new_hierarchy(self) -> Hierarchy:
+        hier = Hierarchy(self.state)
+        with self.state.hierarchies_lock:
+            self.state.hierarchies.add(hier)
+        return hier
+
+    def reclaim_discardable(self, target_pages: int, min_age: float = 0.0) -> int:
+        """Discard unlocked discardable VMOs, oldest unlock first, until ``target_pages`` are
+        freed. Returns the pages freed."""
+        target = _args.u64("target_pages", target_pages)
+        age = _args.timeout("min_age", min_age) or 0.0
+        self._check_open()
+        freed = 0
+        st = self.state
+        with st.discardable_lock:
+            candidates = list(st.reclaim_candidates)
+        for cow in candidates:
+            if freed >= target:
+                break
+            with cow.hier.lock:
+                if cow.discardable_state == DiscardableState.RECLAIMABLE:
+                    freed += cow.discard_locked(age)
+        return freed
+
+    def reclaim(self, target_pages: int) -> int:
+        """Free ``target_pages``: evict clean pager-backed pages least recently used first,
+        then discard unlocked discardable VMOs. Returns the pages freed."""
+        target = _args.u64("target_pages", target_pages)
+        self._check_open()
+        freed = self._evict_pager_pages(target)
+        if freed < target:
+            freed += self.reclaim_discardable(target - freed)
+        return freed
+
+    def _evict_pager_pages(self, target: int) -> int:
+        freed = 0
+        pmm = self.pmm
+        for frame in pmm.lru(PageQueue.PAGER_BACKED):
+            if freed >= target:
+                break
+            owner = pmm.owner[frame]
+            if owner is None:
+                continue
+            with owner.hier.lock:
+                if pmm.owner[frame] is not owner or pmm.queue[frame] != PageQueue.PAGER_BACKED:
+                    continue  # raced with a change; it is someone else's now
+                if owner.page_source is not None and owner.page_source.evict_locked(owner, frame):
+                    freed += 1
+        return freed
+
+    def _hint_locked(self, cow: CowPages, start: int, end: int, always_need: bool) -> None:
+        target, delta = cow.slice_parent() if cow.is_slice else (cow, 0)
+        root = target.root()
+        if root.page_source is None:
+            return  # hints only concern pages a source can take back
+        root.page_source.hint_locked(root, start + delta, end + delta, always_need)
+
+    def memory_stats(self) -> MemoryStats:
+        """``ZX_INFO_KMEM_STATS`` in pages."""
+        self._check_open()
+        pmm = self.pmm
+        locked = unlocked = 0
+        with self.state.discardable_lock:
+            nonrec = list(self.state.non_reclaim_candidates)
+            rec = list(self.state.reclaim_candidates)
+        for cow in nonrec:
+            locked += len(cow.page_list) and cow.page_list.count_pages()
+        for cow in rec:
+            unlocked += len(cow.page_list) and cow.page_list.count_pages()
+        q = pmm.queues
+        return MemoryStats(
+            total_pages=pmm.total_frames, free_pages=pmm.free_frames,
+            vmo_pages=pmm.used_frames, pinned_pages=len(q[PageQueue.WIRED]),
+            pager_backed_pages=len(q[PageQueue.PAGER_BACKED]) + len(q[PageQueue.PAGER_BACKED_DIRTY]),
+            pager_backed_dirty_pages=len(q[PageQueue.PAGER_BACKED_DIRTY]),
+            discardable_locked_pages=locked, discardable_unlocked_pages=unlocked,
+            page_size=PAGE_SIZE)
+
+    def dedup_zero_pages(self) -> int:
+        """Replace committed all-zero pages of anonymous VMOs by zero markers (the kernel's
+        zero-page scanner). Returns the pages freed."""
+        self._check_open()
+        total = 0
+        for hier in self.hierarchies():
+            with hier.lock:
+                assert hier.root is not None
+                for node in list(hier.root.walk_subtree()):
+                    total += node.scan_for_zero_pages_locked(reclaim=True)
+        self.zero_pages_deduped += total
+        return total
+
+    # ---------------------------------------------------------------- attribution
+
+    def _attribution_locked(self, hier: Hierarchy) -> dict[CowPages, int]:
+        """Committed pages per live node of one tree; every frame counts exactly once."""
+        out: dict[CowPages, int] = {}
+        if hier.root is None:
+            return out
+        for node in hier.root.walk_subtree():
+            if node.page_list.is_empty():
+                continue
+            if not node.hidden:
+                target = node.attribution_target()
+                if target is not None:
+                    out[target] = out.get(target, 0) + node.page_list.count_pages()
+                continue
+            for off, frame in node.page_list.pages():
+                viewer = node.designated_viewer_locked(off, frame)
+                target = viewer.attribution_target() if viewer is not None else None
+                if target is not None:
+                    out[target] = out.get(target, 0) + 1
+        return out
+
+    # ---------------------------------------------------------------- page sources
+
+    def _wait_for_pages(self, need: NeedPages) -> None:
+        source = need.node.page_source
+        if source is None:
+            raise ZxError(Status.ERR_BAD_STATE, "page request for a VMO without a page source")
+        source.wait_for(need, self.page_request_timeout)
+
+    # ---------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Close every VMO and free the arena. Further calls fail with ``ERR_BAD_HANDLE``."""
+        if self.closed:
+            return
+        for v in reversed(self.live_vmos()):
+            try:
+                v.close()
+            except ZxError:
+                pass
+        self.closed = True
+        self.pmm.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,253 @@
+"""Physical memory: one memfd arena of page frames, mapped once, with per-frame metadata.
+
+The arena plays the part of the machine's RAM. It is a memfd of ``memory`` bytes, mapped once
+into this process (the *physmap*); frame ``n`` is the page at byte ``n * PAGE_SIZE``. Every byte a
+VMO holds lives in some frame, so reading or writing a VMO is a copy to or from a slice of the
+physmap.
+
+Frame 0 is the shared zero page: never allocated, never written, read wherever a VMO shows
+zeros without owning a page.
+
+Per-frame metadata is kept the way the kernel keeps ``vm_page_t``: a table indexed by frame
+number, as struct-of-arrays columns (``bytearray``/``array`` for the small fields, a list for the
+owner backlink). A Python object per page would cost over 100 bytes before holding anything;
+these columns cost about 22 bytes per frame, allocated once for the whole arena.
+
+Page queues (for reclaim) are insertion-ordered dicts keyed by frame: moving a frame to the tail
+of a queue is a delete and an insert, and the head is the least recently used frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import threading
+from array import array
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from vmo.errors import Status, ZxError
+
+PAGE_SIZE: int = mmap.PAGESIZE
+ZERO_FRAME = 0
+_ZERO_PAGE_BYTES = bytes(PAGE_SIZE)
+
+
+class FrameState(enum.IntEnum):
+    FREE = 0
+    ZERO = 1  # the shared zero page
+    ALLOC = 2  # allocated, not yet placed in a page list
+    OBJECT = 3  # owned by one page-list slot of one VmCowPages
+
+
+class DirtyState(enum.IntEnum):
+    """Dirty tracking of pages owned by a pager-backed root (seed: ``DirtyState``)."""
+
+    UNTRACKED = 0
+    CLEAN = 1
+    DIRTY = 2
+    AWAITING_CLEAN = 3
+
+
+SPLIT_LEFT = 1
+SPLIT_RIGHT = 2
+
+
+class PageQueue(enum.IntEnum):
+    NONE = 0
+    ANONYMOUS = 1  # anonymous and discardable pages: never evicted one by one
+    PAGER_BACKED = 2  # clean pager-backed pages, least recently used first
+    PAGER_BACKED_DIRTY = 3  # dirty or awaiting clean: not evictable until written back
+    WIRED = 4  # pinned
+
+
+class PhysicalMemory:
+    """The frame allocator and the frame table of one kernel.
+
+    Thread safety: allocation and freeing take ``_lock``; the metadata columns of a frame are
+    written only by the holder of the hierarchy lock of the frame's owner (or by the allocator
+    while the frame is not owned), so they need no lock of their own.
+    """
+
+    def __init__(self, memory: int) -> None:
+        if memory < 2 * PAGE_SIZE:
+            raise ZxError(Status.ERR_INVALID_ARGS, f"memory {memory} is smaller than two pages")
+        self.total_frames = memory // PAGE_SIZE
+        n = self.total_frames
+        self.fd = os.memfd_create("vmo-arena", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, n * PAGE_SIZE)
+        self._mmap = mmap.mmap(self.fd, n * PAGE_SIZE, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self.physmap = memoryview(self._mmap)
+        # The metadata columns (see the module docstring).
+        self.state = bytearray(n)
+        self.split = bytearray(n)
+        self.dirty = bytearray(n)
+        self.queue = bytearray(n)
+        self.pin_count = array("H", bytes(2 * n))
+        self.offset = array("q", bytes(8 * n))
+        self.owner: list[Any] = [None] * n
+        self.state[ZERO_FRAME] = FrameState.ZERO
+        # Freed frames (content unknown) are reused first, newest last; frames never handed out
+        # are known to be zero, so allocating one needs no clearing.
+        self._free: list[int] = []
+        self._next_fresh = 1
+        self._lock = threading.Lock()
+        self.queues: dict[PageQueue, dict[int, None]] = {
+            q: {} for q in PageQueue if q != PageQueue.NONE
+        }
+        self.closed = False
+        # Statistics.
+        self.allocated_total = 0
+        self.freed_total = 0
+        self.zeroed_total = 0
+
+    # -- allocation -------------------------------------------------------------------------
+
+    @property
+    def free_frames(self) -> int:
+        return len(self._free) + (self.total_frames - self._next_fresh)
+
+    @property
+    def used_frames(self) -> int:
+        return self.total_frames - 1 - self.free_frames
+
+    def alloc(self, count: int, *, zero: bool = True) -> list[int]:
+        """Allocate ``count`` frames, all or none (``ERR_NO_MEMORY``).
+
+        With ``zero`` the frames read as zeros; without it their content is undefined (the
+        caller overwrites them). Frames come back in ascending runs where possible so that
+        bulk copies see contiguous memory.
+        """
+        if count <= 0:
+            return []
+        with self._lock:
+            if count > self.free_frames:
+                raise ZxError(
+                    Status.ERR_NO_MEMORY,
+                    f"cannot allocate {count} pages: {self.free_frames} of "
+                    f"{self.total_frames} free",
+                )
+            take = min(count, len(self._free))
+            reused = self._free[len(self._free) - take:]
+            del self._free[len(self._free) - take:]
+            reused.reverse()
+            fresh_count = count - take
+            fresh = list(range(self._next_fresh, self._next_fresh + fresh_count))
+            self._next_fresh += fresh_count
+            frames = reused + fresh
+            state = self.state
+            for f in frames:
+                state[f] = FrameState.ALLOC
+            self.allocated_total += count
+        if zero:
+            for f in reused:
+                self.zero_frame(f)
+        return frames
+
+    def alloc_one(self, *, zero: bool = True) -> int:
+        return self.alloc(1, zero=zero)[0]
+
+    def free(self, frames: Iterable[int]) -> None:
+        """Return frames to the allocator. Their metadata is reset here."""
+        frames = list(frames)
+        if not frames:
+            return
+        with self._lock:
+            state, split, dirty, owner, pin = (
+                self.state, self.split, self.dirty, self.owner, self.pin_count)
+            for f in frames:
+                if state[f] in (FrameState.FREE, FrameState.ZERO):
+                    raise AssertionError(f"freeing frame {f} in state {FrameState(state[f]).name}")
+                q = self.queue[f]
+                if q:
+                    self.queues[PageQueue(q)].pop(f, None)
+                    self.queue[f] = 0
+                state[f] = FrameState.FREE
+                split[f] = 0
+                dirty[f] = 0
+                owner[f] = None
+                pin[f] = 0
+            # Pushed in reverse so that the next allocation pops them in their original order.
+            self._free.extend(reversed(frames))
+            self.freed_total += len(frames)
+
+    # -- ownership and queues ---------------------------------------------------------------
+
+    def set_owner(self, frame: int, owner: Any, offset: int) -> None:
+        self.state[frame] = FrameState.OBJECT
+        self.owner[frame] = owner
+        self.offset[frame] = offset
+
+    def set_queue(self, frame: int, queue: PageQueue) -> None:
+        """Move ``frame`` to the tail (most recently used end) of ``queue``."""
+        old = self.queue[frame]
+        if old:
+            self.queues[PageQueue(old)].pop(frame, None)
+        if queue != PageQueue.NONE:
+            self.queues[queue][frame] = None
+        self.queue[frame] = queue
+
+    def touch(self, frame: int) -> None:
+        """Record an access: a frame in a queue moves to its most recently used end."""
+        q = self.queue[frame]
+        if q:
+            d = self.queues[PageQueue(q)]
+            d.pop(frame, None)
+            d[frame] = None
+
+    def lru(self, queue: PageQueue) -> Iterator[int]:
+        """Frames of ``queue``, least recently used first (a snapshot)."""
+        return iter(list(self.queues[queue]))
+
+    # -- contents ---------------------------------------------------------------------------
+
+    def view(self, frame: int, start: int = 0, end: int = PAGE_SIZE) -> memoryview:
+        base = frame * PAGE_SIZE
+        return self.physmap[base + start: base + end]
+
+    def run_view(self, first_frame: int, count: int) -> memoryview:
+        base = first_frame * PAGE_SIZE
+        return self.physmap[base: base + count * PAGE_SIZE]
+
+    def zero_frame(self, frame: int) -> None:
+        base = frame * PAGE_SIZE
+        self.physmap[base: base + PAGE_SIZE] = _ZERO_PAGE_BYTES
+        self.zeroed_total += 1
+
+    def copy_frame(self, dst: int, src: int) -> None:
+        if src == ZERO_FRAME:
+            self.zero_frame(dst)
+            return
+        d, s = dst * PAGE_SIZE, src * PAGE_SIZE
+        self.physmap[d: d + PAGE_SIZE] = self.physmap[s: s + PAGE_SIZE]
+
+    def is_zero(self, frame: int) -> bool:
+        base = frame * PAGE_SIZE
+        return self._mmap[base: base + PAGE_SIZE] == _ZERO_PAGE_BYTES
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def metadata_bytes_per_frame(self) -> float:
+        """Python-side bytes of frame metadata per frame (the columns, not the pages)."""
+        n = self.total_frames
+        fixed = len(self.state) + len(self.split) + len(self.dirty) + len(self.queue)
+        fixed += self.pin_count.itemsize * n + self.offset.itemsize * n
+        fixed += 8 * n  # one pointer per slot of the owner list
+        return fixed / n
+
+    def frames_in_state(self, state: FrameState) -> int:
+        return self.state.count(state)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.physmap.release()
+            self._mmap.close()
+        except BufferError:
+            # A memoryview of a frame is still alive somewhere; the mapping is freed with it.
+            pass
+        os.close(self.fd)
