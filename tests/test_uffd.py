@@ -257,6 +257,52 @@ def test_userfaultfd_creation_paths(prefer_device: bool) -> None:
 
 
 @needs_uffd
+@pytest.mark.parametrize("prefer_device", [False, True])
+def test_userfaultfd_falls_back_when_first_way_is_refused(
+    prefer_device: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not os.access("/dev/userfaultfd", os.R_OK | os.W_OK):
+        pytest.skip("no access to /dev/userfaultfd")
+
+    def refused(flags: int) -> int:
+        raise OSError(errno.EPERM, "refused")
+
+    first = "_userfaultfd_device" if prefer_device else "_userfaultfd_syscall"
+    monkeypatch.setattr(uffd, first, refused)
+    with Userfaultfd() as ufd:
+        ufd.api()
+    # Both refused: the first error is raised.
+    other = "_userfaultfd_syscall" if prefer_device else "_userfaultfd_device"
+    monkeypatch.setattr(uffd, other, refused)
+    with pytest.raises(PermissionError):
+        uffd.userfaultfd(prefer_device=prefer_device)
+
+
+def test_missing_compiled_module_explains_how_to_build() -> None:
+    script = textwrap.dedent(
+        """
+        import sys, types
+        for name, path in (("vmo", sys.argv[1]), ("vmo.pager", sys.argv[2])):
+            sys.modules[name] = module = types.ModuleType(name)
+            module.__path__ = [path]
+        sys.modules["vmo.pager._uffd_cffi"] = None  # as if it had not been built
+        try:
+            import vmo.pager.uffd
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    pager_dir = os.path.dirname(os.path.abspath(uffd.__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, os.path.dirname(pager_dir), pager_dir],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    assert "pip install -e ." in proc.stdout, proc.stderr
+
+
+@needs_uffd
 def test_calls_before_api_fail() -> None:
     with Userfaultfd() as ufd, anon(1) as addr:
         with pytest.raises(OSError) as exc:

@@ -490,6 +490,9 @@ struct vmo_guard {
 static __thread __attribute__((tls_model("initial-exec"))) struct vmo_guard *volatile
     vmo_current_guard;
 
+/* The handlers we replaced, to chain to. Written under vmo_guard_lock only when our handler
+   is (re)installed -- once, unless someone displaces it -- and read by the signal handler
+   without the lock: a fault racing a re-installation may see a half-written record. */
 static pthread_mutex_t vmo_guard_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction vmo_prev_bus, vmo_prev_segv;
 
