@@ -261,21 +261,41 @@ def test_userfaultfd_creation_paths(prefer_device: bool) -> None:
 def test_userfaultfd_falls_back_when_first_way_is_refused(
     prefer_device: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not os.access("/dev/userfaultfd", os.R_OK | os.W_OK):
-        pytest.skip("no access to /dev/userfaultfd")
+    real = uffd.userfaultfd()  # whichever way works on this machine
+    calls: list[str] = []
 
     def refused(flags: int) -> int:
+        calls.append("first")
         raise OSError(errno.EPERM, "refused")
 
-    first = "_userfaultfd_device" if prefer_device else "_userfaultfd_syscall"
-    monkeypatch.setattr(uffd, first, refused)
-    with Userfaultfd() as ufd:
-        ufd.api()
-    # Both refused: the first error is raised.
-    other = "_userfaultfd_syscall" if prefer_device else "_userfaultfd_device"
-    monkeypatch.setattr(uffd, other, refused)
-    with pytest.raises(PermissionError):
-        uffd.userfaultfd(prefer_device=prefer_device)
+    def second(flags: int) -> int:
+        calls.append("second")
+        return os.dup(real)
+
+    def broken(flags: int) -> int:
+        raise OSError(errno.EMFILE, "too many files")
+
+    first_name, second_name = "_userfaultfd_syscall", "_userfaultfd_device"
+    if prefer_device:
+        first_name, second_name = second_name, first_name
+    try:
+        monkeypatch.setattr(uffd, first_name, refused)
+        monkeypatch.setattr(uffd, second_name, second)
+        with Userfaultfd.from_fd(uffd.userfaultfd(prefer_device=prefer_device)) as ufd:
+            ufd.api()
+        assert calls == ["first", "second"]
+        # Both refused: the first error is raised.
+        monkeypatch.setattr(uffd, second_name, refused)
+        with pytest.raises(PermissionError):
+            uffd.userfaultfd(prefer_device=prefer_device)
+        # Errors other than "not available here" are not retried the other way.
+        calls.clear()
+        monkeypatch.setattr(uffd, first_name, broken)
+        with pytest.raises(OSError) as exc:
+            uffd.userfaultfd(prefer_device=prefer_device)
+        assert exc.value.errno == errno.EMFILE and calls == []
+    finally:
+        os.close(real)
 
 
 def test_missing_compiled_module_explains_how_to_build() -> None:
