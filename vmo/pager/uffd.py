@@ -469,7 +469,7 @@ class Userfaultfd:
     def __repr__(self) -> str:
         return f"<Userfaultfd fd={self._fd}>"
 
-    def _ioctl(self, what: str, request: int, arg: object) -> int:
+    def _ioctl(self, request: int, arg: object) -> int:
         return int(lib.vmo_ioctl_ptr(self.fileno(), request, arg))
 
     # -- handshake and registration
@@ -502,7 +502,7 @@ class Userfaultfd:
         arg = ffi.new("struct uffdio_api *")
         arg.api = lib.UFFD_API
         arg.features = want
-        if self._ioctl("UFFDIO_API", lib.UFFDIO_API, arg) != 0:
+        if self._ioctl(lib.UFFDIO_API, arg) != 0:
             _fail("UFFDIO_API")
         if want & Feature.WP_ASYNC:
             want |= Feature.WP_UNPOPULATED
@@ -550,7 +550,7 @@ class Userfaultfd:
         arg.range.start = address
         arg.range.len = length
         arg.mode = mode
-        if self._ioctl("UFFDIO_REGISTER", lib.UFFDIO_REGISTER, arg) != 0:
+        if self._ioctl(lib.UFFDIO_REGISTER, arg) != 0:
             _fail(f"UFFDIO_REGISTER [{address:#x}, +{length:#x})")
         return Ioctl(arg.ioctls)
 
@@ -562,7 +562,7 @@ class Userfaultfd:
         arg = ffi.new("struct uffdio_range *")
         arg.start = address
         arg.len = length
-        if self._ioctl("UFFDIO_UNREGISTER", lib.UFFDIO_UNREGISTER, arg) != 0:
+        if self._ioctl(lib.UFFDIO_UNREGISTER, arg) != 0:
             _fail(f"UFFDIO_UNREGISTER [{address:#x}, +{length:#x})")
 
     # -- resolving faults
@@ -612,7 +612,7 @@ class Userfaultfd:
         arg.mode = (lib.UFFDIO_COPY_MODE_WP if wp else 0) | (
             lib.UFFDIO_COPY_MODE_DONTWAKE if dontwake else 0
         )
-        if self._ioctl("UFFDIO_COPY", lib.UFFDIO_COPY, arg) == 0:
+        if self._ioctl(lib.UFFDIO_COPY, arg) == 0:
             return int(arg.copy)
         return self._partial("UFFDIO_COPY", dst, ffi.errno, int(arg.copy))
 
@@ -633,7 +633,7 @@ class Userfaultfd:
         arg.range.start = address
         arg.range.len = length
         arg.mode = lib.UFFDIO_ZEROPAGE_MODE_DONTWAKE if dontwake else 0
-        if self._ioctl("UFFDIO_ZEROPAGE", lib.UFFDIO_ZEROPAGE, arg) == 0:
+        if self._ioctl(lib.UFFDIO_ZEROPAGE, arg) == 0:
             return int(arg.zeropage)
         return self._partial("UFFDIO_ZEROPAGE", address, ffi.errno, int(arg.zeropage))
 
@@ -651,7 +651,7 @@ class Userfaultfd:
         arg.mode = (lib.UFFDIO_WRITEPROTECT_MODE_WP if wp else 0) | (
             lib.UFFDIO_WRITEPROTECT_MODE_DONTWAKE if dontwake else 0
         )
-        if self._ioctl("UFFDIO_WRITEPROTECT", lib.UFFDIO_WRITEPROTECT, arg) != 0:
+        if self._ioctl(lib.UFFDIO_WRITEPROTECT, arg) != 0:
             _fail(f"UFFDIO_WRITEPROTECT at {address:#x}")
 
     def continue_(
@@ -666,7 +666,7 @@ class Userfaultfd:
         arg.mode = (lib.UFFDIO_CONTINUE_MODE_WP if wp else 0) | (
             lib.UFFDIO_CONTINUE_MODE_DONTWAKE if dontwake else 0
         )
-        if self._ioctl("UFFDIO_CONTINUE", lib.UFFDIO_CONTINUE, arg) == 0:
+        if self._ioctl(lib.UFFDIO_CONTINUE, arg) == 0:
             return int(arg.mapped)
         return self._partial("UFFDIO_CONTINUE", address, ffi.errno, int(arg.mapped))
 
@@ -692,7 +692,7 @@ class Userfaultfd:
         arg.mode = (lib.UFFDIO_MOVE_MODE_DONTWAKE if dontwake else 0) | (
             lib.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES if allow_src_holes else 0
         )
-        if self._ioctl("UFFDIO_MOVE", lib.UFFDIO_MOVE, arg) == 0:
+        if self._ioctl(lib.UFFDIO_MOVE, arg) == 0:
             return int(arg.move)
         return self._partial("UFFDIO_MOVE", dst, ffi.errno, int(arg.move))
 
@@ -704,7 +704,7 @@ class Userfaultfd:
         arg.range.start = address
         arg.range.len = length
         arg.mode = lib.UFFDIO_POISON_MODE_DONTWAKE if dontwake else 0
-        if self._ioctl("UFFDIO_POISON", lib.UFFDIO_POISON, arg) == 0:
+        if self._ioctl(lib.UFFDIO_POISON, arg) == 0:
             return int(arg.updated)
         return self._partial("UFFDIO_POISON", address, ffi.errno, int(arg.updated))
 
@@ -714,7 +714,7 @@ class Userfaultfd:
         arg = ffi.new("struct uffdio_range *")
         arg.start = address
         arg.len = length
-        if self._ioctl("UFFDIO_WAKE", lib.UFFDIO_WAKE, arg) != 0:
+        if self._ioctl(lib.UFFDIO_WAKE, arg) != 0:
             _fail(f"UFFDIO_WAKE at {address:#x}")
 
     # -- reading events
