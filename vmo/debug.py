@@ -98,7 +98,9 @@ def _validate_hierarchy(k: Kernel, hier: Hierarchy,
             raise _fail(node, None, f"limits start {node.parent_start_limit} > limit "
                                     f"{node.parent_limit}")
         if node.parent is None:
-            if node.parent_limit or node.parent_offset:
+            # A child merged into the root keeps its old parent_offset (as in Zircon); only
+            # its window must be empty.
+            if node.parent_limit or node.parent_start_limit:
                 raise _fail(node, None, "root with a parent window")
         else:
             if node.parent_limit > node.size:

@@ -87,6 +87,7 @@ class Vmo:
 
     def read(self, length: int, offset: int = 0) -> bytes:
         """Read ``length`` bytes at ``offset`` (``zx_vmo_read``)."""
+        self._check_open()
         length = _args.u64("length", length)
         offset = _args.u64("offset", offset)
 
@@ -98,9 +99,9 @@ class Vmo:
 
     def write(self, data: Any, offset: int = 0) -> None:
         """Write the bytes-like ``data`` at ``offset`` (``zx_vmo_write``)."""
+        self._check_open()
         view = _args.data_view("data", data)
         offset = _args.u64("offset", offset)
-        self._check_open()
         self._require_write("write")
 
         def op() -> None:
@@ -118,8 +119,8 @@ class Vmo:
 
     def set_size(self, size: int) -> None:
         """Resize (``zx_vmo_set_size``): only VMOs created ``RESIZABLE``."""
-        size = _args.page_size_round("size", size)
         self._check_open()
+        size = _args.page_size_round("size", size)
         if not self._resizable:
             raise ZxError(Status.ERR_UNAVAILABLE, "VMO is not resizable")
         self._require_write("set_size")
@@ -140,10 +141,10 @@ class Vmo:
 
     def op_range(self, op: VmoOp, offset: int, size: int) -> LockState | None:
         """``zx_vmo_op_range``. Returns a `LockState` for LOCK, else None."""
+        self._check_open()
         op = _args.enum_value("op", op, VmoOp)
         offset = _args.u64("offset", offset)
         size = _args.u64("size", size)
-        self._check_open()
         if op in (VmoOp.LOCK, VmoOp.TRY_LOCK, VmoOp.UNLOCK):
             return self._discardable_op(op, offset, size)
         if op in (VmoOp.COMMIT, VmoOp.DECOMMIT, VmoOp.ZERO):
@@ -160,7 +161,8 @@ class Vmo:
                 length = min(size, vsize - offset)
                 if length == 0:
                     return None
-                if not cow.is_slice and cow.parent is not None:
+                target = cow.slice_parent()[0] if cow.is_slice else cow
+                if target.parent is not None:
                     raise ZxError(Status.ERR_NOT_SUPPORTED,
                                   "DECOMMIT is not supported on a (non-slice) child VMO")
                 if offset % PAGE_SIZE or length % PAGE_SIZE:
@@ -231,6 +233,7 @@ class Vmo:
 
     def create_child(self, options: ChildOptions, offset: int, size: int) -> Vmo:
         """``zx_vmo_create_child``: a snapshot, at-least-on-write clone, or slice."""
+        self._check_open()
         opts = _args.flags("options", options, ChildOptions)
         offset = _args.u64("offset", offset)
         size = _args.page_size_round("size", size)
@@ -320,9 +323,9 @@ class Vmo:
 
     @name.setter
     def name(self, value: str) -> None:
+        self._check_open()
         if not isinstance(value, str):
             raise ZxError(Status.ERR_INVALID_ARGS, f"name must be a str, not {type(value).__name__}")
-        self._check_open()
         raw = value.encode("utf-8")[:MAX_NAME_LEN]
         self._name = raw.decode("utf-8", errors="ignore").split("\0", 1)[0]
 
@@ -338,6 +341,7 @@ class Vmo:
 
     def pin(self, offset: int, size: int, writable: bool = True) -> PinnedRange:
         """Commit and pin ``[offset, offset + size)`` as a device would (``zx_bti_pin``)."""
+        self._check_open()
         offset = _args.u64("offset", offset)
         size = _args.u64("size", size)
         if not isinstance(writable, bool):
@@ -371,7 +375,11 @@ class Vmo:
             if self._closed:
                 raise ZxError(Status.ERR_BAD_HANDLE, f"VMO koid {self.koid} is already closed")
             self._closed = True
+            # Our pins go with the handle: a pin outliving its VMO could never be unpinned.
             for pinned in list(self._pins):
+                if not self._kernel.closed:
+                    self.cow.unpin_locked(pinned.offset // PAGE_SIZE,
+                                          (pinned.offset + pinned.size) // PAGE_SIZE)
                 pinned._released = True
             self._pins.clear()
             if not self._kernel.closed:

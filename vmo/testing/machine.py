@@ -1,0 +1,280 @@
+"""The oracle state machine: drive a real `vmo.Kernel` and the `Oracle` with the same program.
+
+Every rule performs one public call on both, checks that the real call failed exactly when and
+how the oracle said it would, and applies the effect. After every step the invariants compare
+every live VMO's whole content and size with the oracle and run `vmo.debug.validate`.
+
+Subclass `VmoStateMachine` to add rules (a new operation, a pager playing its part, a different
+model); set ``validate_every_step`` or ``compare_every_step`` to ``False`` to trade strength for
+speed. ``VmoStateMachine.TestCase`` is a ready unittest/pytest test case.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from vmo import debug
+from vmo.errors import Status, ZxError
+from vmo.kernel import Kernel
+from vmo.pmm import PAGE_SIZE
+from vmo.testing import strategies as vs
+from vmo.testing.oracle import Disc, OPin, Oracle, OVmo
+from vmo.types import ChildOptions, LockState, VmoOp, VmoOptions
+from vmo.vm_object import PinnedRange, Vmo
+
+T = TypeVar("T")
+
+_KIND_OPTIONS = {
+    "snapshot": ChildOptions.SNAPSHOT,
+    "aow": ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE,
+    "slice": ChildOptions.SLICE,
+}
+
+
+class Mismatch(AssertionError):
+    """The real kernel and the oracle disagree."""
+
+
+class VmoStateMachine(RuleBasedStateMachine):
+    #: Bytes of arena for each run; large enough that ERR_NO_MEMORY never happens.
+    kernel_memory = 64 * 2**20
+    validate_every_step = True
+    compare_every_step = True
+    #: Filled by runners that want statistics (op mix, depth, merges).
+    stats: Counter[str] | None = None
+
+    vmos = Bundle("vmos")
+    pins = Bundle("pins")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = Kernel(memory=self.kernel_memory)
+        self.oracle = Oracle()
+        self.real: dict[int, Vmo] = {}  # oracle koid -> real VMO
+        self.real_pins: dict[int, PinnedRange] = {}
+        self.step_time_validate = 0.0
+
+    def teardown(self) -> None:
+        self.k.close()
+
+    # ------------------------------------------------------------------ checking helpers
+
+    def _count(self, what: str) -> None:
+        if self.stats is not None:
+            self.stats[what] += 1
+
+    def expect(self, what: str, status: Status | None, call: Callable[[], T]) -> T | None:
+        """Run ``call``; it must fail with ``status`` (or succeed when ``status`` is None)."""
+        self._count(what)
+        try:
+            result = call()
+        except ZxError as e:
+            if status is None:
+                raise Mismatch(f"{what}: expected success, got {e}") from e
+            if e.status != status:
+                raise Mismatch(f"{what}: expected {status.name}, got {e}") from e
+            self._count(f"{what}:{status.name}")
+            return None
+        if status is not None:
+            raise Mismatch(f"{what}: expected {status.name}, but it succeeded")
+        return result
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(target=vmos, size=vs.sizes(), resizable=st.booleans(),
+          discardable=st.sampled_from([False, False, False, True]))
+    def create(self, size: int, resizable: bool, discardable: bool) -> Any:
+        opts = VmoOptions(0)
+        if resizable:
+            opts |= VmoOptions.RESIZABLE
+        if discardable:
+            opts |= VmoOptions.DISCARDABLE
+        status, ov = self.oracle.create(size, resizable, discardable)
+        v = self.expect("create", status, lambda: self.k.vmo_create(size, opts))
+        if ov is None or v is None:
+            return multiple()
+        if v.koid != ov.koid:
+            raise Mismatch(f"koid {v.koid}, oracle {ov.koid}")
+        self.real[ov.koid] = v
+        return ov
+
+    @rule(v=vmos, offset=vs.offsets(), length=vs.lengths(), seed=vs.seeds)
+    def write(self, v: OVmo, offset: int, length: int, seed: int) -> None:
+        data = vs.payload(seed, length)
+        status = self.oracle.write(v, offset, data)
+        self.expect("write", status, lambda: self.real[v.koid].write(data, offset))
+
+    @rule(v=vmos, offset=vs.offsets(), length=vs.lengths())
+    def read(self, v: OVmo, offset: int, length: int) -> None:
+        status, want = self.oracle.read(v, offset, length)
+        got = self.expect("read", status, lambda: self.real[v.koid].read(length, offset))
+        if status is None and got != want:
+            raise Mismatch(f"read koid {v.koid} [{offset:#x}, +{length:#x}) differs from the "
+                           f"oracle at byte {_first_difference(got, want)}")
+
+    @rule(target=vmos, v=vmos, kind=st.sampled_from(vs.CHILD_KINDS),
+          offset=st.one_of(vs.aligned_offsets(), vs.aligned_offsets(), vs.offsets()),
+          size=vs.sizes(), resizable=st.sampled_from([False, False, True]),
+          no_write=st.sampled_from([False, False, False, True]))
+    def create_child(self, v: OVmo, kind: str, offset: int, size: int, resizable: bool,
+                     no_write: bool) -> Any:
+        opts = _KIND_OPTIONS[kind]
+        if resizable:
+            opts |= ChildOptions.RESIZABLE
+        if no_write:
+            opts |= ChildOptions.NO_WRITE
+        status, child = self.oracle.create_child(v, kind, offset, size, resizable, no_write)
+        real = self.real[v.koid]
+        c = self.expect(f"child:{kind}", status, lambda: real.create_child(opts, offset, size))
+        if child is None or c is None:
+            return multiple()
+        if c.koid != child.koid:
+            raise Mismatch(f"child koid {c.koid}, oracle {child.koid}")
+        self.real[child.koid] = c
+        if self.stats is not None:
+            self.stats["max_depth"] = max(self.stats["max_depth"], c.cow.depth())
+        return child
+
+    @rule(v=vmos)
+    def close(self, v: OVmo) -> None:
+        real = self.real[v.koid]
+        hidden_before = _hidden_count(self.k)
+        status = self.oracle.close(v)
+        self.expect("close", status, real.close)
+        if status is None and self.stats is not None and _hidden_count(self.k) < hidden_before:
+            self.stats["merges"] += 1
+
+    @rule(v=vmos, size=vs.sizes())
+    def set_size(self, v: OVmo, size: int) -> None:
+        status = self.oracle.set_size(v, size)
+        self.expect("set_size", status, lambda: self.real[v.koid].set_size(size))
+
+    @rule(v=vmos, op=st.sampled_from(vs.OPS), offset=vs.offsets(), size=vs.lengths())
+    def op_range(self, v: OVmo, op: str, offset: int, size: int) -> None:
+        status, _ = self.oracle.op_range(v, op, offset, size)
+        self.expect(f"op:{op}", status,
+                    lambda: self.real[v.koid].op_range(VmoOp[op], offset, size))
+
+    @rule(v=vmos, op=st.sampled_from(vs.LOCK_OPS), whole=st.sampled_from([True, True, True, False]))
+    def lock_op(self, v: OVmo, op: str, whole: bool) -> None:
+        size = v.size if whole else max(0, v.size - PAGE_SIZE)
+        status, want = self.oracle.op_range(v, op, 0, size)
+        got = self.expect(f"op:{op}", status,
+                          lambda: self.real[v.koid].op_range(VmoOp[op], 0, size))
+        if status is None and op == "LOCK":
+            assert isinstance(got, LockState) and isinstance(want, tuple)
+            if (got.offset, got.size, got.discarded_offset, got.discarded_size) != want:
+                raise Mismatch(f"LOCK returned {got}, oracle {want}")
+
+    @rule(target_pages=st.sampled_from([0, 1, 2, 4, 1 << 20]))
+    def reclaim_discardable(self, target_pages: int) -> None:
+        want = self.oracle.reclaim_discardable(target_pages)
+        got = self.expect("reclaim", None, lambda: self.k.reclaim_discardable(target_pages))
+        if got != want:
+            raise Mismatch(f"reclaim_discardable({target_pages}) freed {got}, oracle {want}")
+
+    @rule()
+    def dedup_zero_pages(self) -> None:
+        self.oracle.dedup_zero_pages()
+        self.expect("dedup", None, self.k.dedup_zero_pages)
+
+    @rule(target=pins, v=vmos, offset=vs.aligned_offsets(), npages=st.integers(0, 4),
+          writable=st.booleans())
+    def pin(self, v: OVmo, offset: int, npages: int, writable: bool) -> Any:
+        size = npages * PAGE_SIZE
+        status, opin = self.oracle.pin(v, offset, size, writable)
+        p = self.expect("pin", status, lambda: self.real[v.koid].pin(offset, size, writable))
+        if opin is None or p is None:
+            return multiple()
+        self.real_pins[id(opin)] = p
+        return opin
+
+    @rule(p=pins)
+    def unpin(self, p: OPin) -> None:
+        status = self.oracle.unpin(p)
+        self.expect("unpin", status, self.real_pins[id(p)].unpin)
+
+    @rule(v=vmos)
+    def check_info(self, v: OVmo) -> None:
+        real = self.real[v.koid]
+        if v.closed:
+            self.expect("info", Status.ERR_BAD_HANDLE, real.get_info)
+            return
+        info = self.expect("info", None, real.get_info)
+        assert info is not None
+        checks = {
+            "size_bytes": (info.size_bytes, v.size),
+            "parent_koid": (info.parent_koid, v.parent_koid),
+            "num_children": (info.num_children, v.num_children),
+            "is_cow_clone": (bool(info.flags & info.flags.IS_COW_CLONE), v.is_clone),
+            "resizable": (bool(info.flags & info.flags.RESIZABLE), v.resizable),
+            "discardable": (bool(info.flags & info.flags.DISCARDABLE), v.discardable),
+        }
+        if v.discardable:
+            checks["committed_bytes"] = (info.committed_bytes, len(v.committed) * PAGE_SIZE)
+        for name, (got, want) in checks.items():
+            if got != want:
+                raise Mismatch(f"info koid {v.koid}: {name} {got}, oracle {want}")
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def contents_match(self) -> None:
+        if not self.compare_every_step:
+            return
+        for ov in self.oracle.live():
+            real = self.real[ov.koid]
+            size = real.get_size()
+            if size != ov.size:
+                raise Mismatch(f"koid {ov.koid} size {size:#x}, oracle {ov.size:#x}")
+            t, _ = ov.target()
+            if t.disc == Disc.DISCARDED:
+                self.expect("read-discarded", Status.ERR_NOT_FOUND, lambda r=real: r.read(1, 0)
+                            if size else r.read(0, 0))
+                continue
+            got = real.read(size, 0)
+            want = ov.content()
+            if got != want:
+                note(debug.dump(self.k))
+                raise Mismatch(f"koid {ov.koid} content differs from the oracle at byte "
+                               f"{_first_difference(got, want)}")
+
+    @invariant()
+    def hierarchy_valid(self) -> None:
+        if self.validate_every_step:
+            t0 = time.perf_counter()
+            debug.validate(self.k)
+            self.step_time_validate += time.perf_counter() - t0
+
+
+def _first_difference(a: bytes | None, b: bytes | None) -> str:
+    if a is None or b is None:
+        return "(missing)"
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"{i:#x} (page {i // PAGE_SIZE}): got {x:#04x}, want {y:#04x}"
+    return f"length {len(a)} vs {len(b)}"
+
+
+def _hidden_count(k: Kernel) -> int:
+    n = 0
+    for h in k.hierarchies():
+        if h.root is not None:
+            n += sum(1 for node in h.root.walk_subtree() if node.hidden)
+    return n
+
+
