@@ -20,10 +20,10 @@ from hypothesis import note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    consumes,
     RuleBasedStateMachine,
     invariant,
     multiple,
-    precondition,
     rule,
 )
 
@@ -112,14 +112,17 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.real[ov.koid] = v
         return ov
 
-    @rule(v=vmos, offset=vs.offsets(), length=vs.lengths(), seed=vs.seeds)
-    def write(self, v: OVmo, offset: int, length: int, seed: int) -> None:
-        data = vs.payload(seed, length)
+    @rule(v=vmos, at=vs.positions(), length=vs.lengths(), seed=vs.seeds)
+    def write(self, v: OVmo, at: tuple[int, int], length: int, seed: int) -> None:
+        offset = vs.resolve(at, v.size)
+        data = vs.payload(seed, vs.resolve_length(length, offset, v.size))
         status = self.oracle.write(v, offset, data)
         self.expect("write", status, lambda: self.real[v.koid].write(data, offset))
 
-    @rule(v=vmos, offset=vs.offsets(), length=vs.lengths())
-    def read(self, v: OVmo, offset: int, length: int) -> None:
+    @rule(v=vmos, at=vs.positions(), length=vs.lengths())
+    def read(self, v: OVmo, at: tuple[int, int], length: int) -> None:
+        offset = vs.resolve(at, v.size)
+        length = vs.resolve_length(length, offset, v.size)
         status, want = self.oracle.read(v, offset, length)
         got = self.expect("read", status, lambda: self.real[v.koid].read(length, offset))
         if status is None and got != want:
@@ -127,11 +130,21 @@ class VmoStateMachine(RuleBasedStateMachine):
                            f"oracle at byte {_first_difference(got, want)}")
 
     @rule(target=vmos, v=vmos, kind=st.sampled_from(vs.CHILD_KINDS),
-          offset=st.one_of(vs.aligned_offsets(), vs.aligned_offsets(), vs.offsets()),
+          at=st.one_of(vs.aligned_positions(), vs.aligned_positions(), vs.positions()),
           size=vs.sizes(), resizable=st.sampled_from([False, False, True]),
           no_write=st.sampled_from([False, False, False, True]))
-    def create_child(self, v: OVmo, kind: str, offset: int, size: int, resizable: bool,
+    def create_child(self, v: OVmo, kind: str, at: tuple[int, int], size: int, resizable: bool,
                      no_write: bool) -> Any:
+        return self._create_child(v, kind, vs.resolve(at, v.size), size, resizable, no_write)
+
+    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), size=vs.sizes(),
+          resizable=st.booleans())
+    def snapshot(self, v: OVmo, at: tuple[int, int], size: int, resizable: bool) -> Any:
+        """Snapshots again (weights the mix towards deep hierarchies)."""
+        return self._create_child(v, "snapshot", vs.resolve(at, v.size), size, resizable, False)
+
+    def _create_child(self, v: OVmo, kind: str, offset: int, size: int, resizable: bool,
+                      no_write: bool) -> Any:
         opts = _KIND_OPTIONS[kind]
         if resizable:
             opts |= ChildOptions.RESIZABLE
@@ -149,12 +162,15 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.stats["max_depth"] = max(self.stats["max_depth"], c.cow.depth())
         return child
 
-    @rule(v=vmos)
+    @rule(v=consumes(vmos))
     def close(self, v: OVmo) -> None:
         real = self.real[v.koid]
         hidden_before = _hidden_count(self.k)
         status = self.oracle.close(v)
         self.expect("close", status, real.close)
+        # The handle is gone for every call.
+        self.expect("closed-read", Status.ERR_BAD_HANDLE, lambda: real.read(0, 0))
+        self.expect("closed-close", Status.ERR_BAD_HANDLE, real.close)
         if status is None and self.stats is not None and _hidden_count(self.k) < hidden_before:
             self.stats["merges"] += 1
 
@@ -163,14 +179,22 @@ class VmoStateMachine(RuleBasedStateMachine):
         status = self.oracle.set_size(v, size)
         self.expect("set_size", status, lambda: self.real[v.koid].set_size(size))
 
-    @rule(v=vmos, op=st.sampled_from(vs.OPS), offset=vs.offsets(), size=vs.lengths())
-    def op_range(self, v: OVmo, op: str, offset: int, size: int) -> None:
+    @rule(v=vmos, op=st.sampled_from(vs.OPS), at=vs.positions(), size=vs.lengths())
+    def op_range(self, v: OVmo, op: str, at: tuple[int, int], size: int) -> None:
+        offset = vs.resolve(at, v.size)
+        size = vs.resolve_length(size, offset, v.size)
         status, _ = self.oracle.op_range(v, op, offset, size)
         self.expect(f"op:{op}", status,
                     lambda: self.real[v.koid].op_range(VmoOp[op], offset, size))
 
-    @rule(v=vmos, op=st.sampled_from(vs.LOCK_OPS), whole=st.sampled_from([True, True, True, False]))
-    def lock_op(self, v: OVmo, op: str, whole: bool) -> None:
+    @rule(v=vmos, op=st.sampled_from(vs.LOCK_OPS + ("reclaim", "dedup")),
+          whole=st.sampled_from([True, True, True, False]),
+          target_pages=st.sampled_from([0, 1, 2, 4, 1 << 20]))
+    def lock_op(self, v: OVmo, op: str, whole: bool, target_pages: int) -> None:
+        """LOCK / TRY_LOCK / UNLOCK of a discardable VMO, or a kernel-wide reclaim."""
+        if op in ("reclaim", "dedup"):
+            self.kernel_op(op if op == "dedup" else target_pages)
+            return
         size = v.size if whole else max(0, v.size - PAGE_SIZE)
         status, want = self.oracle.op_range(v, op, 0, size)
         got = self.expect(f"op:{op}", status,
@@ -180,21 +204,45 @@ class VmoStateMachine(RuleBasedStateMachine):
             if (got.offset, got.size, got.discarded_offset, got.discarded_size) != want:
                 raise Mismatch(f"LOCK returned {got}, oracle {want}")
 
-    @rule(target_pages=st.sampled_from([0, 1, 2, 4, 1 << 20]))
-    def reclaim_discardable(self, target_pages: int) -> None:
-        want = self.oracle.reclaim_discardable(target_pages)
-        got = self.expect("reclaim", None, lambda: self.k.reclaim_discardable(target_pages))
+    def kernel_op(self, action: str | int) -> None:
+        """Kernel-wide reclaim: the zero-page scanner, or discardable reclaim of N pages."""
+        if action == "dedup":
+            self.oracle.dedup_zero_pages()
+            self.expect("dedup", None, self.k.dedup_zero_pages)
+            return
+        assert isinstance(action, int)
+        want = self.oracle.reclaim_discardable(action)
+        got = self.expect("reclaim", None, lambda: self.k.reclaim_discardable(action))
         if got != want:
-            raise Mismatch(f"reclaim_discardable({target_pages}) freed {got}, oracle {want}")
+            raise Mismatch(f"reclaim_discardable({action}) freed {got}, oracle {want}")
 
-    @rule()
-    def dedup_zero_pages(self) -> None:
-        self.oracle.dedup_zero_pages()
-        self.expect("dedup", None, self.k.dedup_zero_pages)
+    @rule(v=vmos, call=st.sampled_from(["read", "write", "child", "op", "size", "info"]))
+    def use_maybe_closed(self, v: OVmo, call: str) -> None:
+        """Any handle, open or closed: closed ones must answer ERR_BAD_HANDLE."""
+        real = self.real[v.koid]
+        if call == "read":
+            status, _ = self.oracle.read(v, 0, 0)
+            self.expect("read0", status, lambda: real.read(0, 0))
+        elif call == "write":
+            status = self.oracle.write(v, 0, b"")
+            self.expect("write0", status, lambda: real.write(b"", 0))
+        elif call == "child":
+            if v.closed:
+                self.expect("child", Status.ERR_BAD_HANDLE,
+                            lambda: real.create_child(ChildOptions.SNAPSHOT, 0, 0))
+        elif call == "op":
+            status, _ = self.oracle.op_range(v, "COMMIT", 0, 0)
+            self.expect("op0", status, lambda: real.op_range(VmoOp.COMMIT, 0, 0))
+        elif call == "size":
+            if v.closed:
+                self.expect("size", Status.ERR_BAD_HANDLE, real.get_size)
+        else:
+            self.check_info(v)
 
-    @rule(target=pins, v=vmos, offset=vs.aligned_offsets(), npages=st.integers(0, 4),
+    @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(0, 4),
           writable=st.booleans())
-    def pin(self, v: OVmo, offset: int, npages: int, writable: bool) -> Any:
+    def pin(self, v: OVmo, at: tuple[int, int], npages: int, writable: bool) -> Any:
+        offset = vs.resolve(at, v.size)
         size = npages * PAGE_SIZE
         status, opin = self.oracle.pin(v, offset, size, writable)
         p = self.expect("pin", status, lambda: self.real[v.koid].pin(offset, size, writable))

@@ -23,8 +23,10 @@ def page_counts(max_pages: int = MAX_PAGES) -> st.SearchStrategy[int]:
 
 
 def sizes(max_pages: int = MAX_PAGES) -> st.SearchStrategy[int]:
-    """Byte sizes: whole pages mostly, sometimes ragged (they round up)."""
+    """Byte sizes: whole pages mostly (rarely empty), sometimes ragged (they round up)."""
     return st.one_of(
+        st.integers(1, max_pages).map(lambda n: n * PAGE_SIZE),
+        st.integers(1, max_pages).map(lambda n: n * PAGE_SIZE),
         page_counts(max_pages).map(lambda n: n * PAGE_SIZE),
         st.integers(min_value=0, max_value=max_pages * PAGE_SIZE),
     )
@@ -42,12 +44,49 @@ def aligned_offsets(limit_pages: int = MAX_PAGES + 2) -> st.SearchStrategy[int]:
     return st.integers(0, limit_pages).map(lambda n: n * PAGE_SIZE)
 
 
+TO_END = -1  # a length meaning "up to the end of the VMO"
+PAST_END = -2  # a length meaning "one byte past the end of the VMO"
+
+
 def lengths(max_pages: int = MAX_PAGES) -> st.SearchStrategy[int]:
+    """Byte lengths, or `TO_END` / `PAST_END` (see `resolve_length`)."""
     return st.one_of(
-        st.integers(0, 3 * PAGE_SIZE),
-        st.integers(0, max_pages).map(lambda n: n * PAGE_SIZE),
+        st.integers(0, PAGE_SIZE + 16),
+        st.sampled_from([TO_END, TO_END, TO_END, PAST_END, 0, 1, PAGE_SIZE, 2 * PAGE_SIZE]),
         st.integers(0, max_pages * PAGE_SIZE),
     )
+
+
+def resolve_length(length: int, offset: int, size: int) -> int:
+    if length == TO_END:
+        return max(0, size - offset)
+    if length == PAST_END:
+        return max(0, size - offset) + 1
+    return length
+
+
+def positions() -> st.SearchStrategy[tuple[int, int]]:
+    """Offsets relative to the target VMO: ``(permille, delta)`` means ``permille`` thousandths
+    of its size, rounded down to a page, plus ``delta`` bytes. Mostly inside the VMO, at page
+    edges and one byte either side; sometimes at or past the end. Tuples keep printed
+    programs replayable."""
+    permille = st.one_of(st.sampled_from([0, 0, 250, 500, 750, 999, 1000]),
+                         st.integers(0, 999), st.integers(0, 999), st.integers(1000, 1500))
+    delta = st.sampled_from([0, 0, 0, 0, 0, 0, 1, -1, 7, 4095])
+    return st.tuples(permille, delta)
+
+
+def aligned_positions() -> st.SearchStrategy[tuple[int, int]]:
+    permille = st.one_of(st.sampled_from([0, 0, 500]), st.integers(0, 1000),
+                         st.integers(1000, 1500))
+    return st.tuples(permille, st.just(0))
+
+
+def resolve(position: tuple[int, int], size: int) -> int:
+    """The byte offset a `positions` value means for a VMO of ``size`` bytes."""
+    permille, delta = position
+    base = size * permille // 1000 // PAGE_SIZE * PAGE_SIZE
+    return max(0, base + delta)
 
 
 def payload(seed: int, length: int) -> bytes:
