@@ -572,22 +572,30 @@ class CowPages:
             return
         first = offset // PAGE_SIZE
         last = (offset + length - 1) // PAGE_SIZE + 1
-        frames = self._writable_frames_locked(first, last)
+        # Pages the write covers entirely need no zeroing when freshly committed.
+        frames = self._writable_frames_locked(first, last, -(-offset // PAGE_SIZE),
+                                              (offset + length) // PAGE_SIZE)
         _scatter(self.pmm, frames, offset - first * PAGE_SIZE, data)
         if self.is_source_preserving():
             self.modified = True
 
-    def _writable_frames_locked(self, first: int, last: int) -> list[int]:
-        """Frames this node owns for every page of ``[first, last)``, committing as needed."""
+    def _writable_frames_locked(self, first: int, last: int, overwritten_from: int = 0,
+                                overwritten_to: int = 0) -> list[int]:
+        """Frames this node owns for every page of ``[first, last)``, committing as needed.
+
+        Pages in ``[overwritten_from, overwritten_to)`` are about to be overwritten entirely,
+        so a fresh page there need not be zeroed first.
+        """
         dense = self.page_list.dense(first, last)
         if self.parent is None and self.page_source is None:
             # Anonymous root: every missing page is a fresh zero page; allocate them at once.
             missing = [i for i, v in enumerate(dense) if v <= 0]
             if missing:
-                new = self._alloc_locked(len(missing), zero=True)
+                new = self._alloc_locked(len(missing), zero=False)
+                pmm = self.pmm
                 for i, f in zip(missing, new, strict=True):
-                    if dense[i] == MARKER:
-                        self.page_list.remove(first + i)
+                    if not overwritten_from <= first + i < overwritten_to:
+                        pmm.zero_frame(f)
                     self._place_locked(first + i, f)
                     dense[i] = f
                 self.range_change_locked(first, last, RangeChangeOp.UNMAP)
@@ -715,11 +723,11 @@ class CowPages:
                     freed.append(slot)
                 off += 1
                 continue
-            parent = self.parent
-            assert parent is not None
+            assert self.parent is not None
+            parent_hidden = self.parent.hidden
             owner, owner_off, content = self.find_initial_content_locked(off)
             parent_has_content = content > 0
-            if parent.hidden and not parent_has_content:
+            if parent_hidden and not parent_has_content:
                 # The parent is immutable and shows zeros here: an empty slot is enough.
                 if slot > 0:
                     self.page_list.remove(off)
@@ -1171,6 +1179,8 @@ def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> b
     Runs of consecutive frames are sliced out of the physmap in one piece, runs of the zero
     frame become one zero buffer, and ``bytes.join`` makes the single final copy.
     """
+    if pmm.coherence is not None:
+        pmm.coherence.before_read([f for f in frames if f != ZERO_FRAME])
     chunks: list[Any] = []
     physmap = pmm.physmap
     i, n = 0, len(frames)
@@ -1203,6 +1213,8 @@ def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> b
 
 def _scatter(pmm: PhysicalMemory, frames: list[int], skip: int, data: memoryview) -> None:
     """Copy ``data`` into ``frames`` starting at byte ``skip`` of the first frame."""
+    if pmm.coherence is not None:
+        pmm.coherence.before_write(frames)
     physmap = pmm.physmap
     length = len(data)
     i, n = 0, len(frames)

@@ -6,13 +6,14 @@ at the parent, or ask the page source), ``MARKER`` (-1, "zero here, do not look 
 frame number (>= 1). Range walks visit nodes, not offsets, so their cost follows the number of
 committed entries, not the size of the VMO; point lookups are one dict lookup.
 
-Offsets here are page indices, not bytes. Each node is a Python list of ``NODE_PAGES`` slots
+Offsets here are page indices, not bytes. Each node is an ``array('q')`` of ``NODE_PAGES`` slots
 followed by one extra int, the count of non-empty slots, so that an emptied node can be dropped
 without scanning it.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 
 from sortedcontainers import SortedDict
@@ -24,8 +25,13 @@ EMPTY = 0
 MARKER = -1
 
 
-def _new_node() -> list[int]:
-    return [0] * (NODE_PAGES + 1)
+_EMPTY_NODE = array("q", bytes(8 * (NODE_PAGES + 1)))
+
+
+def _new_node() -> array[int]:
+    # An array of machine ints, not a list: frame numbers above 256 would otherwise each be a
+    # separate 28-byte int object kept alive by the list.
+    return array("q", _EMPTY_NODE)
 
 
 class PageList:
@@ -168,5 +174,7 @@ class PageList:
         """Approximate Python-side bytes held by this list (nodes and their index)."""
         import sys
 
-        per_node = sys.getsizeof(_new_node()) + 8 + 8 + 32  # list + key int + index slots
+        # The node array, its key int, and its share of the SortedDict (dict slot, key list,
+        # sorted-list slot).
+        per_node = sys.getsizeof(_new_node()) + 28 + 3 * 8 + 40
         return len(self._nodes) * per_node

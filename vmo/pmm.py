@@ -24,8 +24,8 @@ import mmap
 import os
 import threading
 from array import array
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 from vmo.errors import Status, ZxError
 
@@ -62,6 +62,22 @@ class PageQueue(enum.IntEnum):
     WIRED = 4  # pinned
 
 
+class Coherence(Protocol):
+    """Keeps copies of frames held elsewhere (mapping windows) coherent with the frames.
+
+    The kernel's bytes live in frames, but a mapping shows copies of them in its own window
+    memory (see `vmo.mapping`). Before the kernel reads a frame, a copy that is *checked out*
+    for writing must be recalled into it; before the kernel writes or frees a frame, read-only
+    copies must be dropped. `PhysicalMemory` calls these hooks at every such access.
+    """
+
+    def before_read(self, frames: Sequence[int]) -> None: ...
+
+    def before_write(self, frames: Sequence[int]) -> None: ...
+
+    def on_free(self, frames: Sequence[int]) -> None: ...
+
+
 class PhysicalMemory:
     """The frame allocator and the frame table of one kernel.
 
@@ -94,10 +110,13 @@ class PhysicalMemory:
         self._free: list[int] = []
         self._next_fresh = 1
         self._lock = threading.Lock()
+        # Ordered per-queue membership, keyed by the IntEnum (equal to its int value).
         self.queues: dict[PageQueue, dict[int, None]] = {
-            q: {} for q in PageQueue if q != PageQueue.NONE
+            q: {} for q in PageQueue if q > PageQueue.ANONYMOUS
         }
         self.closed = False
+        # Set by the mapping layer while any mapping exists; None costs nothing.
+        self.coherence: Coherence | None = None
         # Statistics.
         self.allocated_total = 0
         self.freed_total = 0
@@ -154,6 +173,8 @@ class PhysicalMemory:
         frames = list(frames)
         if not frames:
             return
+        if self.coherence is not None:
+            self.coherence.on_free(frames)
         with self._lock:
             state, split, dirty, owner, pin = (
                 self.state, self.split, self.dirty, self.owner, self.pin_count)
@@ -161,9 +182,9 @@ class PhysicalMemory:
                 if state[f] in (FrameState.FREE, FrameState.ZERO):
                     raise AssertionError(f"freeing frame {f} in state {FrameState(state[f]).name}")
                 q = self.queue[f]
-                if q:
-                    self.queues[PageQueue(q)].pop(f, None)
-                    self.queue[f] = 0
+                if q > PageQueue.ANONYMOUS:
+                    self.queues[q].pop(f, None)  # type: ignore[index]
+                self.queue[f] = 0
                 state[f] = FrameState.FREE
                 split[f] = 0
                 dirty[f] = 0
@@ -181,19 +202,23 @@ class PhysicalMemory:
         self.offset[frame] = offset
 
     def set_queue(self, frame: int, queue: PageQueue) -> None:
-        """Move ``frame`` to the tail (most recently used end) of ``queue``."""
+        """Move ``frame`` to the tail (most recently used end) of ``queue``.
+
+        The ANONYMOUS queue is only a column value: its pages are never reclaimed one by one,
+        so keeping them in an ordered dict would cost memory for nothing.
+        """
         old = self.queue[frame]
-        if old:
-            self.queues[PageQueue(old)].pop(frame, None)
-        if queue != PageQueue.NONE:
+        if old > PageQueue.ANONYMOUS:
+            self.queues[old].pop(frame, None)  # type: ignore[index]
+        if queue > PageQueue.ANONYMOUS:
             self.queues[queue][frame] = None
         self.queue[frame] = queue
 
     def touch(self, frame: int) -> None:
         """Record an access: a frame in a queue moves to its most recently used end."""
         q = self.queue[frame]
-        if q:
-            d = self.queues[PageQueue(q)]
+        if q > PageQueue.ANONYMOUS:
+            d = self.queues[q]  # type: ignore[index]
             d.pop(frame, None)
             d[frame] = None
 
@@ -212,6 +237,8 @@ class PhysicalMemory:
         return self.physmap[base: base + count * PAGE_SIZE]
 
     def zero_frame(self, frame: int) -> None:
+        if self.coherence is not None:
+            self.coherence.before_write((frame,))
         base = frame * PAGE_SIZE
         self.physmap[base: base + PAGE_SIZE] = _ZERO_PAGE_BYTES
         self.zeroed_total += 1
@@ -220,10 +247,15 @@ class PhysicalMemory:
         if src == ZERO_FRAME:
             self.zero_frame(dst)
             return
+        if self.coherence is not None:
+            self.coherence.before_read((src,))
+            self.coherence.before_write((dst,))
         d, s = dst * PAGE_SIZE, src * PAGE_SIZE
         self.physmap[d: d + PAGE_SIZE] = self.physmap[s: s + PAGE_SIZE]
 
     def is_zero(self, frame: int) -> bool:
+        if self.coherence is not None:
+            self.coherence.before_read((frame,))
         base = frame * PAGE_SIZE
         return self._mmap[base: base + PAGE_SIZE] == _ZERO_PAGE_BYTES
 
