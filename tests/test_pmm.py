@@ -323,10 +323,10 @@ def test_set_queue_and_lru_order(pmm):
 def test_touch_moves_to_tail(pmm):
     frames = pmm.alloc(4)
     for f in frames:
-        pmm.set_queue(f, PageQueue.ANONYMOUS)
+        pmm.set_queue(f, PageQueue.PAGER_BACKED)
     pmm.touch(frames[0])
     pmm.touch(frames[2])
-    assert list(pmm.lru(PageQueue.ANONYMOUS)) == [frames[1], frames[3], frames[0], frames[2]]
+    assert list(pmm.lru(PageQueue.PAGER_BACKED)) == [frames[1], frames[3], frames[0], frames[2]]
     # Touching a frame in no queue does nothing.
     extra = pmm.alloc_one()
     pmm.touch(extra)
