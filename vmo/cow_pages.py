@@ -419,6 +419,26 @@ class CowPages:
                 out[i] = ZERO_FRAME
         return out, absent
 
+    def lookup_for_read_locked(self, start: int, count: int) -> list[int]:
+        """Frames to show for ``[start, start + count)`` (ZERO_FRAME for zeros), for mappings.
+
+        Forwards slices; raises ``ZxError(ERR_NOT_FOUND)`` for a discarded VMO and `NeedPages`
+        when a page source must supply a page first.
+        """
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            return parent.lookup_for_read_locked(start + poff, count)
+        self._check_readable_locked()
+        frames, absent = self.resolve_range(start, start + count)
+        if absent:
+            raise NeedPages(self.root(), absent[0], _run_length(absent))
+        if self.root().page_source is not None:
+            pmm = self.pmm
+            for f in frames:
+                if f:
+                    pmm.touch(f)
+        return frames
+
     def _check_readable_locked(self) -> None:
         node = self.slice_parent()[0] if self.is_slice else self
         if node.discardable_state == DiscardableState.DISCARDED:
