@@ -7,6 +7,17 @@ is documented in docs/API.md; `vmo.debug` validates, dumps and draws hierarchies
 from vmo import debug
 from vmo.errors import InvariantError, Status, ZxError
 from vmo.kernel import Kernel
+from vmo.pager import (
+    WRITEBACK_BEGIN_ZERO_RANGE,
+    DirtyRange,
+    DirtyRangeOptions,
+    PageRequest,
+    PageRequestCommand,
+    Pager,
+    PagerOp,
+    PagerVmoOptions,
+    PagerVmoStats,
+)
 from vmo.pmm import PAGE_SIZE
 from vmo.types import (
     ChildOptions,
@@ -22,6 +33,15 @@ from vmo.vm_object import PinnedRange, Vmo
 
 __all__ = [
     "PAGE_SIZE",
+    "WRITEBACK_BEGIN_ZERO_RANGE",
+    "DirtyRange",
+    "DirtyRangeOptions",
+    "PageRequest",
+    "PageRequestCommand",
+    "Pager",
+    "PagerOp",
+    "PagerVmoOptions",
+    "PagerVmoStats",
     "ChildOptions",
     "InvariantError",
     "Kernel",

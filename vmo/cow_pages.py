@@ -444,19 +444,21 @@ class CowPages:
         if node.discardable_state == DiscardableState.DISCARDED:
             raise ZxError(Status.ERR_NOT_FOUND, "VMO was discarded and not locked since")
 
-    def lookup_for_write_locked(self, off: int) -> int:
+    def lookup_for_write_locked(self, off: int, want: int = 1, *, dirty: bool = True) -> int:
         """A frame at ``off`` this node owns exclusively, forking or allocating it if needed.
 
         Seed: the write path of ``LookupPagesLocked``. Raises `NeedPages` when the root's page
-        source must supply or dirty the page first.
+        source must supply or dirty the page first; a read request covers up to ``want`` absent
+        pages from ``off``. With ``dirty=False`` (COMMIT, pins) a page of a pager-backed root that
+        is already present is not marked Dirty.
         """
         if self.is_slice:
             parent, poff = self.slice_parent()
-            return parent.lookup_for_write_locked(off + poff)
+            return parent.lookup_for_write_locked(off + poff, want, dirty=dirty)
         v = self.page_list.get(off)
         if v > 0:
-            if self.is_source_preserving():
-                self._prepare_for_write_locked(off, 1)
+            if dirty and self.is_source_preserving() and self.pmm.dirty[v] != DirtyState.DIRTY:
+                self._prepare_for_write_locked(off, want)
             return v
         if v == EMPTY and self.parent is not None:
             owner, owner_off, v = self.find_initial_content_locked(off)
@@ -469,19 +471,22 @@ class CowPages:
         elif owner_off >= owner.supply_zero_offset or not owner.is_source_preserving():
             frame = ZERO_FRAME
         else:
-            raise NeedPages(owner, owner_off, 1)
+            raise NeedPages(owner, owner_off, _empty_run(owner, owner_off, owner_off + want))
         if not owner.hidden or frame == ZERO_FRAME:
             if self.is_source_preserving():
-                # Forking the zero page of a pager-backed root dirties it: trap first if asked.
+                # Forking the zero page of a pager-backed root dirties it: a VMO that traps
+                # dirty transitions asks its pager first (this raises NeedPages).
                 assert owner is self and frame == ZERO_FRAME
                 src = self.page_source
                 assert src is not None
                 if src.traps_dirty:
-                    raise NeedPages(self, off, 1, dirty=True)
+                    self._prepare_for_write_locked(off, want)
+                    raise AssertionError("a trapped dirty transition must raise NeedPages")
             new = self._alloc_locked(1, zero=False)[0]
             self.pmm.copy_frame(new, frame)
             if self.is_source_preserving():
                 self.pmm.dirty[new] = DirtyState.DIRTY
+                self._consider_trim_awaiting_clean_zero_range_locked(off)
                 self.modified = True
             self._place_locked(off, new)
             self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
@@ -621,14 +626,15 @@ class CowPages:
                 self.range_change_locked(first, last, RangeChangeOp.UNMAP)
                 self.hier.generation += 1
             return dense
-        if self.is_source_preserving():
-            present = [i for i, v in enumerate(dense) if v > 0]
-            if present:
-                # Dirty-track the pages already here in one pass (may trap to the pager).
-                self._prepare_for_write_locked(first, last - first)
         out = []
         for i, v in enumerate(dense):
-            out.append(v if v > 0 else self.lookup_for_write_locked(first + i))
+            off = first + i
+            if v > 0 and not self.is_source_preserving():
+                out.append(v)
+            else:
+                # Pager-backed pages go through the lookup for dirty tracking, which marks the
+                # whole run Dirty (or asks the pager) in one step.
+                out.append(self.lookup_for_write_locked(off, last - off))
         return out
 
     # ---------------------------------------------------------------- commit / decommit / zero
@@ -643,27 +649,10 @@ class CowPages:
             self._writable_frames_locked(start, end)
             return
         for off in range(start, end):
-            v = self.page_list.get(off)
-            if v > 0:
-                continue
-            if self.is_source_preserving() and v == EMPTY and off < self.supply_zero_offset:
-                # Commit populates without dirtying: the content comes from the source.
-                raise NeedPages(self, off, _empty_run(self, off, end))
-            self._commit_one_locked(off)
-
-    def _commit_one_locked(self, off: int) -> None:
-        """Commit a page without dirtying it (COMMIT and PREFETCH are not writes)."""
-        if self.is_source_preserving():
-            # Gap beyond supply_zero_offset, or a marker: a zero page that starts Dirty (seed:
-            # pages the kernel supplies with zeros are dirty from the start).
-            new = self._alloc_locked(1, zero=True)[0]
-            self.pmm.dirty[new] = DirtyState.DIRTY
-            if self.page_list.get(off) == MARKER:
-                self.page_list.remove(off)
-            self._place_locked(off, new)
-            self.hier.generation += 1
-            return
-        self.lookup_for_write_locked(off)
+            if self.page_list.get(off) <= 0:
+                # Commit populates without dirtying what is present; absent content comes from
+                # the source, and zero pages it forks start Dirty (seed: CommitRangeLocked).
+                self.lookup_for_write_locked(off, end - off, dirty=False)
 
     def decommit_range_locked(self, start: int, end: int) -> None:
         """Free the pages of ``[start, end)``; only roots without a parent or source can."""
@@ -701,8 +690,11 @@ class CowPages:
             self.decommit_range_locked(start, end)
             return
         self.range_change_locked(start, end, RangeChangeOp.UNMAP)
-        freed: list[int] = []
         pmm = self.pmm
+        if self.is_source_preserving():
+            self._zero_pager_pages_locked(start, end)
+            return
+        freed: list[int] = []
         # Zeroing through the end of what we see of the parent is like a shrink: just stop
         # seeing the parent there, releasing what nobody else can see.
         if start < self.parent_limit <= end:
@@ -713,8 +705,6 @@ class CowPages:
                 self.parent_limit = start
         off = start
         while off < end:
-            if self.is_source_preserving() and off >= self.supply_zero_offset:
-                break
             slot = self.page_list.get(off)
             if slot == MARKER:
                 off += 1
@@ -722,21 +712,9 @@ class CowPages:
             if slot > 0 and pmm.pin_count[slot]:
                 # A pinned page cannot go away (a device may be using it): zero it in place.
                 pmm.zero_frame(slot)
-                if self.is_source_preserving():
-                    self._note_zeroed_dirty_locked(off)
                 off += 1
                 continue
             can_see_parent = self.parent is not None and off < self.parent_limit
-            if self.is_source_preserving():
-                # Content before supply_zero_offset is the pager's: an empty slot is not zero.
-                # Replace the page (or the gap) with a marker; markers are clean zero pages.
-                if slot > 0:
-                    self.page_list.remove(off)
-                    freed.append(slot)
-                self.page_list.set(off, MARKER)
-                self._note_zeroed_dirty_locked(off)
-                off += 1
-                continue
             if not can_see_parent:
                 if slot > 0:
                     self.page_list.remove(off)
@@ -777,17 +755,31 @@ class CowPages:
                 freed.append(slot)
             self.page_list.set(off, MARKER)
             off += 1
-        if off < end:
-            # Past supply_zero_offset gaps are already zero: drop committed pages only.
-            for o, v in self.page_list.take_range(off, end):
-                if v > 0:
-                    freed.append(v)
         self._free_frames_locked(freed)
         self.hier.generation += 1
 
-    def _note_zeroed_dirty_locked(self, off: int) -> None:
-        """Hook for dirty tracking of zeroed pages of pager-backed VMOs."""
+    def _zero_pager_pages_locked(self, start: int, end: int) -> None:
+        """ZERO on a pager-backed root: a write of zeros (seed: ``ZeroPagesLocked``).
+
+        Before supply_zero_offset the content is the pager's, so each page is looked up for
+        write (supplied and dirty-tracked first) and cleared; it is Dirty afterwards and will
+        be written back. From supply_zero_offset on gaps are zero already: committed pages
+        there are simply dropped.
+        """
+        pmm = self.pmm
+        limit = min(end, self.supply_zero_offset)
+        for off in range(start, limit):
+            pmm.zero_frame(self.lookup_for_write_locked(off, limit - off))
+        freed = []
+        for o, v in self.page_list.items(max(start, self.supply_zero_offset), end):
+            if v > 0 and not pmm.pin_count[v]:
+                self.page_list.remove(o)
+                freed.append(v)
+            elif v > 0:
+                pmm.zero_frame(v)
+        self._free_frames_locked(freed)
         self.modified = True
+        self.hier.generation += 1
 
     # ---------------------------------------------------------------- releasing parent pages
 
@@ -1101,8 +1093,8 @@ class CowPages:
         self._check_readable_locked()
         # Commit first (a pin needs pages this node owns); only then pin, so a failure part-way
         # leaves nothing pinned.
-        frames = [self.lookup_for_write_locked(off) if self.page_list.get(off) <= 0
-                  else self.page_list.get(off) for off in range(start, end)]
+        frames = [self.lookup_for_write_locked(off, end - off, dirty=False)
+                  for off in range(start, end)]
         pmm = self.pmm
         for f in frames:
             if pmm.pin_count[f] == 0xFFFF:
@@ -1154,13 +1146,312 @@ class CowPages:
             self.eviction_events += 1
         return len(found)
 
-    # ---------------------------------------------------------------- pager hooks (issue 4)
+    # ---------------------------------------------------------------- pager-backed roots
+    #
+    # A root backed by a content-preserving page source (a user pager) tracks the dirty state
+    # of every page it holds: Clean (same as the pager's copy), Dirty (written since), or
+    # AwaitingClean (being written back). ``supply_zero_offset`` splits the VMO: before it,
+    # content comes from the pager (an empty slot means "not supplied yet"); from it on, the
+    # content is zero and supplied by the kernel, and every page there is un-Clean.
+    # ``awaiting_clean_zero_range_end`` tracks one zero range [supply_zero_offset, end) being
+    # written back, which WRITEBACK_END turns Clean by advancing supply_zero_offset past it.
 
-    def _prepare_for_write_locked(self, start: int, count: int) -> None:
-        """Dirty-track pages about to be written (pager-backed roots); see vmo.pager."""
+    def _set_dirty_state_locked(self, frame: int, off: int, state: DirtyState) -> None:
+        """Seed: ``UpdateDirtyStateLocked`` for a page already in the list."""
+        pmm = self.pmm
+        pmm.dirty[frame] = state
+        if state == DirtyState.DIRTY:
+            self._consider_trim_awaiting_clean_zero_range_locked(off)
+            self.modified = True
+        if pmm.pin_count[frame]:
+            return  # stays wired; the queue follows the state when unpinned
+        if state == DirtyState.CLEAN:
+            pmm.set_queue(frame, PageQueue.PAGER_BACKED)
+        else:
+            pmm.set_queue(frame, PageQueue.PAGER_BACKED_DIRTY)
+
+    def _prepare_for_write_locked(self, start: int, count: int) -> int:
+        """Make pages from ``start`` Dirty before a write (seed: ``PrepareForWriteLocked``).
+
+        Without dirty trapping the first run of committed pages is marked Dirty at once and its
+        length returned. With trapping, the leading already-Dirty run is returned if nothing
+        else needs a transition; otherwise `NeedPages` asks the pager for a DIRTY transition of
+        the run of pages (and zero gaps past supply_zero_offset) that need one.
+        """
+        src = self.page_source
+        assert src is not None and self.is_source_preserving()
+        end = min(start + count, self.size)
+        pmm = self.pmm
+        if not src.traps_dirty:
+            n = 0
+            for off in range(start, end):
+                v = self.page_list.get(off)
+                if v <= 0:
+                    break
+                if pmm.dirty[v] != DirtyState.DIRTY:
+                    self._set_dirty_state_locked(v, off, DirtyState.DIRTY)
+                n += 1
+            return n
+        szo = self.supply_zero_offset
+        dirty_len = 0
+        run_start, run_len = start, 0
+        found_gap = False
+        off = start
+        while off < min(end, szo):
+            v = self.page_list.get(off)
+            if v == EMPTY:
+                found_gap = True
+                break
+            if v > 0 and pmm.dirty[v] == DirtyState.DIRTY:
+                if run_len:
+                    break
+                dirty_len += 1
+            else:
+                if run_len == 0:
+                    run_start = off
+                run_len += 1
+            off += 1
+        else:
+            if not found_gap and szo < end:
+                off = max(start, szo)
+                while off < end:
+                    v = self.page_list.get(off)
+                    if v > 0 and pmm.dirty[v] == DirtyState.DIRTY:
+                        if run_len:
+                            break
+                        dirty_len += 1
+                    else:
+                        if run_len == 0:
+                            run_start = off
+                        if run_start + run_len != off:
+                            break
+                        run_len += 1
+                    off += 1
+        if run_len:
+            raise NeedPages(self, run_start, run_len, dirty=True)
+        return dirty_len
+
+    def _update_supply_zero_offset_locked(self, new: int) -> None:
+        self.supply_zero_offset = new
+        if self.awaiting_clean_zero_range_end <= new:
+            self.awaiting_clean_zero_range_end = 0
+
+    def _consider_trim_awaiting_clean_zero_range_locked(self, off: int) -> None:
+        """A page dirtied (or a size cut) inside the AwaitingClean zero range ends it there."""
+        if self.supply_zero_offset <= off < self.awaiting_clean_zero_range_end:
+            self.awaiting_clean_zero_range_end = off
+            if self.awaiting_clean_zero_range_end <= self.supply_zero_offset:
+                self.awaiting_clean_zero_range_end = 0
+
+    def _try_advance_supply_zero_offset_locked(self, start: int, end: int) -> None:
+        """Move supply_zero_offset over committed (hence un-Clean) pages right after it."""
+        szo = self.supply_zero_offset
+        if start <= szo < end:
+            new = szo
+            while new < end and self.page_list.get(new) > 0:
+                new += 1
+            if new != szo:
+                self._update_supply_zero_offset_locked(new)
+
+    def supply_pages_locked(self, start: int, slots: list[int]) -> list[int]:
+        """Place supplied frames (or MARKERs for zero pages) where content is truly absent.
+
+        Seed: ``SupplyPagesLocked``. Pages already present, and offsets from
+        supply_zero_offset on, keep their content; the supplied frames for them are returned
+        for the caller to free. Supplied pages start Clean.
+        """
+        assert self.is_source_preserving()
         src = self.page_source
         assert src is not None
-        src.prepare_for_write_locked(self, start, count)
+        rejected: list[int] = []
+        pmm = self.pmm
+        run_start, run_len = start, 0
+        for i, v in enumerate(slots):
+            off = start + i
+            if self.page_list.get(off) != EMPTY or off >= self.supply_zero_offset:
+                if v > 0:
+                    rejected.append(v)
+                if run_len:
+                    self.range_change_locked(run_start, run_start + run_len, RangeChangeOp.UNMAP)
+                    src.on_pages_supplied(self, run_start, run_len)
+                run_start, run_len = off + 1, 0
+                continue
+            if v > 0:
+                pmm.dirty[v] = DirtyState.CLEAN
+                self._place_locked(off, v)
+            else:
+                self.page_list.set(off, MARKER)
+            run_len += 1
+        if run_len:
+            self.range_change_locked(run_start, run_start + run_len, RangeChangeOp.UNMAP)
+            src.on_pages_supplied(self, run_start, run_len)
+        self.hier.generation += 1
+        return rejected
+
+    def take_pages_locked(self, start: int, end: int) -> list[int]:
+        """Remove ``[start, end)`` from this anonymous VMO for a supply: frames it owns (forked
+        first if shared), MARKER where it shows zeros. The VMO reads zeros there afterwards.
+        """
+        assert not self.is_slice and self.page_source is None
+        self._check_readable_locked()
+        self._check_not_pinned_locked(start, end)
+        out: list[int] = []
+        pmm = self.pmm
+        frames, _ = self.resolve_range(start, end)
+        for i, f in enumerate(frames):
+            off = start + i
+            if f == ZERO_FRAME:
+                out.append(MARKER)
+                continue
+            owned = self.lookup_for_write_locked(off)
+            out.append(owned)
+        self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+        for i, v in enumerate(out):
+            off = start + i
+            if v > 0:
+                self.page_list.remove(off)
+                pmm.set_queue(v, PageQueue.NONE)
+                pmm.owner[v] = None
+                pmm.state[v] = FrameState.ALLOC
+                pmm.split[v] = 0
+            if self.parent is not None and off < self.parent_limit:
+                # Keep showing zeros rather than what the parent has here.
+                self.page_list.set(off, MARKER)
+        self.hier.generation += 1
+        return out
+
+    def dirty_pages_locked(self, start: int, end: int) -> None:
+        """Acknowledge a DIRTY request (seed: ``DirtyPagesLocked``)."""
+        src = self.page_source
+        assert src is not None and self.is_source_preserving()
+        if not src.traps_dirty:
+            raise ZxError(Status.ERR_NOT_SUPPORTED, "the VMO does not trap dirty transitions")
+        pmm = self.pmm
+        szo = self.supply_zero_offset
+        # Zero pages must become real pages to be dirtied: markers before supply_zero_offset
+        # and gaps from it on. Allocate them all first so that a failure changes nothing.
+        need = [off for off, v in self.page_list.items(start, min(end, szo)) if v == MARKER]
+        need += [off for off in range(max(start, szo), end) if self.page_list.get(off) == EMPTY]
+        frames = self._alloc_locked(len(need), zero=True)
+        for off, f in zip(need, frames, strict=True):
+            pmm.dirty[f] = DirtyState.DIRTY
+            self._place_locked(off, f)
+            self._consider_trim_awaiting_clean_zero_range_locked(off)
+        if need:
+            self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+            self.modified = True
+        for off, v in list(self.page_list.pages(start, end)):
+            if pmm.dirty[v] != DirtyState.DIRTY:
+                self._set_dirty_state_locked(v, off, DirtyState.DIRTY)
+        # Everything a DIRTY request can cover in the range is Dirty now: wake its waiters.
+        src.on_pages_dirtied(self, start, end - start)
+        self.hier.generation += 1
+
+    def writeback_begin_locked(self, start: int, end: int) -> None:
+        """Seed: ``WritebackBeginLocked``: Dirty pages become AwaitingClean."""
+        pmm = self.pmm
+        for off, v in list(self.page_list.pages(start, end)):
+            if pmm.dirty[v] == DirtyState.DIRTY:
+                self._set_dirty_state_locked(v, off, DirtyState.AWAITING_CLEAN)
+        self._try_advance_supply_zero_offset_locked(start, end)
+        szo = self.supply_zero_offset
+        if start <= szo < end:
+            zero_end = szo
+            while zero_end < end and self.page_list.get(zero_end) == EMPTY:
+                zero_end += 1
+            self.awaiting_clean_zero_range_end = zero_end if zero_end > szo else 0
+        # Later writes must be seen again, to dirty the pages anew.
+        self.range_change_locked(start, end, RangeChangeOp.REMOVE_WRITE)
+
+    def writeback_end_locked(self, start: int, end: int) -> None:
+        """Seed: ``WritebackEndLocked``: AwaitingClean pages (and zero range) become Clean."""
+        pmm = self.pmm
+        self._try_advance_supply_zero_offset_locked(start, end)
+        szo = self.supply_zero_offset
+        if start > szo:
+            return
+        for off, v in list(self.page_list.pages(start, min(end, szo))):
+            if pmm.dirty[v] == DirtyState.AWAITING_CLEAN:
+                self._set_dirty_state_locked(v, off, DirtyState.CLEAN)
+        if end <= szo or self.awaiting_clean_zero_range_end == 0:
+            return
+        zero_end = min(self.awaiting_clean_zero_range_end, end)
+        self._update_supply_zero_offset_locked(zero_end)
+        self._try_advance_supply_zero_offset_locked(zero_end, end)
+        for off, v in list(self.page_list.pages(zero_end, self.supply_zero_offset)):
+            if pmm.dirty[v] == DirtyState.AWAITING_CLEAN:
+                self._set_dirty_state_locked(v, off, DirtyState.CLEAN)
+
+    def dirty_ranges_locked(self, start: int, end: int) -> list[tuple[int, int, bool]]:
+        """``(offset, length, is_zero)`` runs of un-Clean content (seed:
+        ``EnumerateDirtyRangesLocked``): Dirty/AwaitingClean pages, and from
+        supply_zero_offset on every gap, reported as a zero range."""
+        self._try_advance_supply_zero_offset_locked(start, end)
+        pmm = self.pmm
+        szo = self.supply_zero_offset
+        out: list[tuple[int, int, bool]] = []
+        run_start, run_len = start, 0
+        for off, v in self.page_list.pages(start, min(end, szo)):
+            if pmm.dirty[v] != DirtyState.CLEAN:
+                if run_len and run_start + run_len == off:
+                    run_len += 1
+                else:
+                    if run_len:
+                        out.append((run_start, run_len, False))
+                    run_start, run_len = off, 1
+        if run_len:
+            out.append((run_start, run_len, False))
+        if szo < end:
+            off = max(start, szo)
+            while off < end:
+                is_page = self.page_list.get(off) > 0
+                run = off
+                while run < end and (self.page_list.get(run) > 0) == is_page:
+                    run += 1
+                out.append((off, run - off, not is_page))
+                off = run
+        return out
+
+    def evict_page_locked(self, frame: int) -> bool:
+        """Drop a clean, unpinned page the source can supply again (seed:
+        ``RemovePageForEviction``). Returns whether it was evicted."""
+        pmm = self.pmm
+        off = pmm.offset[frame]
+        if self.page_source is None or self.page_list.get(off) != frame:
+            return False
+        if pmm.pin_count[frame] or pmm.dirty[frame] != DirtyState.CLEAN:
+            return False
+        if pmm.always_need[frame]:
+            pmm.touch(frame)  # out of the way of the eviction loop
+            return False
+        self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
+        self.page_list.remove(off)
+        self._free_frames_locked([frame])
+        self.eviction_events += 1
+        return True
+
+    def hint_locked(self, start: int, end: int, always_need: bool) -> None:
+        """DONT_NEED / ALWAYS_NEED hints for the clean pages of a pager-backed root."""
+        pmm = self.pmm
+        for _, v in self.page_list.pages(start, end):
+            if always_need:
+                pmm.always_need[v] = 1
+            else:
+                pmm.always_need[v] = 0
+                if pmm.queue[v] == PageQueue.PAGER_BACKED:
+                    pmm.set_queue(v, PageQueue.PAGER_BACKED_INACTIVE)
+
+    def detach_source_locked(self) -> None:
+        """Seed: ``DetachSourceLocked``: drop every page so that later accesses fail."""
+        self.range_change_locked(0, self.size, RangeChangeOp.UNMAP)
+        frames = [v for _, v in self.page_list.take_range(0) if v > 0]
+        pin = self.pmm.pin_count
+        pinned = [f for f in frames if pin[f]]
+        for f in pinned:
+            pin[f] = 0
+        self.pinned_pages = 0
+        self._free_frames_locked(frames)
+        self.hier.generation += 1
 
 
 def _first_seer(node: CowPages, off: int) -> CowPages | None:

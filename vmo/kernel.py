@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from vmo import _args
 from vmo.cow_pages import CowPages, DiscardableState, Hierarchy, KernelState, NeedPages
@@ -16,6 +18,9 @@ from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE, PageQueue, PhysicalMemory
 from vmo.types import MemoryStats, VmoOptions
 from vmo.vm_object import Vmo
+
+if TYPE_CHECKING:
+    from vmo.pager.user_pager import PageRequest, Pager
 
 DEFAULT_MEMORY = 256 * 2**20
 
@@ -93,6 +98,16 @@ class Kernel:
             self.state.hierarchies.add(hier)
         return hier
 
+    def pager_create(self, handler: Callable[[PageRequest], Any] | None = None) -> Pager:
+        """``zx_pager_create``: a user pager (see `vmo.pager.Pager`). With ``handler``, each page
+        request is passed to ``handler(request)`` on the thread that needs the page."""
+        from vmo.pager.user_pager import Pager
+
+        self._check_open()
+        if handler is not None and not callable(handler):
+            raise ZxError(Status.ERR_INVALID_ARGS, "handler must be callable or None")
+        return Pager(self, handler)
+
     def reclaim_discardable(self, target_pages: int, min_age: float = 0.0) -> int:
         """Discard unlocked discardable VMOs, oldest unlock first, until ``target_pages`` are
         freed. Returns the pages freed."""
@@ -122,27 +137,28 @@ class Kernel:
         return freed
 
     def _evict_pager_pages(self, target: int) -> int:
+        """Evict clean pager-backed pages, DONT_NEED-hinted first, then least recently used."""
         freed = 0
         pmm = self.pmm
-        for frame in pmm.lru(PageQueue.PAGER_BACKED):
-            if freed >= target:
-                break
-            owner = pmm.owner[frame]
-            if owner is None:
-                continue
-            with owner.hier.lock:
-                if pmm.owner[frame] is not owner or pmm.queue[frame] != PageQueue.PAGER_BACKED:
-                    continue  # raced with a change; it is someone else's now
-                if owner.page_source is not None and owner.page_source.evict_locked(owner, frame):
-                    freed += 1
+        for queue in (PageQueue.PAGER_BACKED_INACTIVE, PageQueue.PAGER_BACKED):
+            for frame in pmm.lru(queue):
+                if freed >= target:
+                    return freed
+                owner = pmm.owner[frame]
+                if owner is None:
+                    continue
+                with owner.hier.lock:
+                    if pmm.owner[frame] is not owner or pmm.queue[frame] != queue:
+                        continue  # raced with a change; it is someone else's now
+                    if owner.evict_page_locked(frame):
+                        freed += 1
         return freed
 
     def _hint_locked(self, cow: CowPages, start: int, end: int, always_need: bool) -> None:
         target, delta = cow.slice_parent() if cow.is_slice else (cow, 0)
-        root = target.root()
-        if root.page_source is None:
+        if target.parent is not None or not target.is_source_preserving():
             return  # hints only concern pages a source can take back
-        root.page_source.hint_locked(root, start + delta, end + delta, always_need)
+        target.hint_locked(start + delta, end + delta, always_need)
 
     def memory_stats(self) -> MemoryStats:
         """``ZX_INFO_KMEM_STATS`` in pages."""
@@ -203,10 +219,15 @@ class Kernel:
     # ---------------------------------------------------------------- page sources
 
     def _wait_for_pages(self, need: NeedPages) -> None:
+        """Wait for a page source outside any lock (for callers that hold no handle lock,
+        such as the fault handler). Callers that can should register under the hierarchy lock
+        instead, as `Vmo` does."""
         source = need.node.page_source
         if source is None:
             raise ZxError(Status.ERR_BAD_STATE, "page request for a VMO without a page source")
-        source.wait_for(need, self.page_request_timeout)
+        with need.node.hier.lock:
+            request = source.register_locked(need)
+        source.wait(request, self.page_request_timeout)
 
     # ---------------------------------------------------------------- lifetime
 

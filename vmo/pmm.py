@@ -60,6 +60,7 @@ class PageQueue(enum.IntEnum):
     PAGER_BACKED = 2  # clean pager-backed pages, least recently used first
     PAGER_BACKED_DIRTY = 3  # dirty or awaiting clean: not evictable until written back
     WIRED = 4  # pinned
+    PAGER_BACKED_INACTIVE = 5  # clean pages hinted DONT_NEED: evicted before the others
 
 
 class Coherence(Protocol):
@@ -102,6 +103,7 @@ class PhysicalMemory:
         self.dirty = bytearray(n)
         self.queue = bytearray(n)
         self.pin_count = array("H", bytes(2 * n))
+        self.always_need = bytearray(n)  # the ALWAYS_NEED hint: skip when evicting
         self.offset = array("q", bytes(8 * n))
         self.owner: list[Any] = [None] * n
         self.state[ZERO_FRAME] = FrameState.ZERO
@@ -186,6 +188,7 @@ class PhysicalMemory:
                     self.queues[q].pop(f, None)  # type: ignore[index]
                 self.queue[f] = 0
                 state[f] = FrameState.FREE
+                self.always_need[f] = 0
                 split[f] = 0
                 dirty[f] = 0
                 owner[f] = None
@@ -217,7 +220,10 @@ class PhysicalMemory:
     def touch(self, frame: int) -> None:
         """Record an access: a frame in a queue moves to its most recently used end."""
         q = self.queue[frame]
-        if q > PageQueue.ANONYMOUS:
+        if q == PageQueue.PAGER_BACKED_INACTIVE:
+            # Used again after a DONT_NEED hint: back among the active pages.
+            self.set_queue(frame, PageQueue.PAGER_BACKED)
+        elif q > PageQueue.ANONYMOUS:
             d = self.queues[q]  # type: ignore[index]
             d.pop(frame, None)
             d[frame] = None
@@ -265,6 +271,7 @@ class PhysicalMemory:
         """Python-side bytes of frame metadata per frame (the columns, not the pages)."""
         n = self.total_frames
         fixed = len(self.state) + len(self.split) + len(self.dirty) + len(self.queue)
+        fixed += len(self.always_need)
         fixed += self.pin_count.itemsize * n + self.offset.itemsize * n
         fixed += 8 * n  # one pointer per slot of the owner list
         return fixed / n

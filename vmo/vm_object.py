@@ -66,15 +66,22 @@ class Vmo:
             raise ZxError(Status.ERR_BAD_HANDLE, "the kernel is closed")
 
     def _locked_retry(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` under the hierarchy lock; wait outside the lock for page sources."""
+        """Run ``fn`` under the hierarchy lock; wait outside the lock for page sources.
+
+        The request is registered with the source before the lock is dropped, so a supply
+        that lands in between still completes it.
+        """
         while True:
             with self._hier.lock:
                 self._check_open()
                 try:
                     return fn()
                 except NeedPages as need:
-                    pending = need
-            self._kernel._wait_for_pages(pending)
+                    source = need.node.page_source
+                    if source is None:
+                        raise ZxError(Status.ERR_INTERNAL, "page request without a source") from None
+                    request = source.register_locked(need)
+            source.wait(request, self._kernel.page_request_timeout)
 
     def _size(self) -> int:
         return self.cow.size * PAGE_SIZE

@@ -1,0 +1,380 @@
+"""The user pager (``zx_pager_*``): user code supplies the content of pager-backed VMOs.
+
+A `Pager` creates VMOs whose content it provides. When a VMO needs a page it does not hold, a
+`PageRequest` (READ) goes to the pager; the pager answers with `Pager.supply_pages` (moving pages
+out of an auxiliary VMO it filled) or fails it with ``op_range(PagerOp.FAIL, ...)``. A VMO created
+with ``TRAP_DIRTY`` also sends a DIRTY request before a Clean page is first written; the pager
+acknowledges with ``op_range(PagerOp.DIRTY, ...)``. Written pages are found again with
+`Pager.query_dirty_ranges` and cleaned with ``WRITEBACK_BEGIN`` / ``WRITEBACK_END``.
+
+Requests reach the pager in one of two ways:
+
+- handler mode, ``k.pager_create(handler)``: ``handler(request)`` is called on the thread that
+  needs the page, with no lock held; the access retries once the request is resolved.
+- queue mode, ``k.pager_create()``: requests queue on the pager's port; another thread takes them
+  with `Pager.get_request` and resolves them while the needing thread blocks (at most the
+  kernel's ``page_request_timeout``, then ``ERR_TIMED_OUT``).
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from vmo import _args
+from vmo.cow_pages import CowPages
+from vmo.errors import Status, ZxError
+from vmo.pager.source import PageRequestCommand, Request, RequestTracker
+from vmo.pmm import PAGE_SIZE
+from vmo.vm_object import Vmo
+
+if TYPE_CHECKING:
+    from vmo.kernel import Kernel
+
+
+class PagerVmoOptions(enum.IntFlag):
+    RESIZABLE = 1 << 1
+    TRAP_DIRTY = 1 << 3
+
+
+class PagerOp(enum.IntEnum):
+    FAIL = 1
+    DIRTY = 2
+    WRITEBACK_BEGIN = 3
+    WRITEBACK_END = 4
+
+
+#: ``data`` flag of WRITEBACK_BEGIN: the range is being written back as zeros.
+WRITEBACK_BEGIN_ZERO_RANGE = 1
+
+
+class DirtyRangeOptions(enum.IntFlag):
+    IS_ZERO = 1 << 0
+
+
+@attrs.define(frozen=True)
+class DirtyRange:
+    offset: int
+    length: int
+    options: DirtyRangeOptions
+
+
+@attrs.define(frozen=True)
+class PagerVmoStats:
+    modified: bool
+
+
+@attrs.define(frozen=True)
+class PageRequest:
+    """A packet on the pager's port (``zx_packet_page_request_t``); offsets in bytes."""
+
+    command: PageRequestCommand
+    vmo: Vmo
+    offset: int
+    length: int
+
+
+#: The statuses ``PagerOp.FAIL`` may carry (Zircon's ``IsValidExternalFailureCode``).
+FAIL_STATUSES = frozenset({Status.ERR_IO, Status.ERR_IO_DATA_INTEGRITY, Status.ERR_BAD_STATE,
+                           Status.ERR_NO_SPACE, Status.ERR_BUFFER_TOO_SMALL})
+
+
+class UserPagerSource(RequestTracker):
+    """The page source of one pager-backed VMO (Zircon's ``PagerProxy``)."""
+
+    preserves_content = True
+
+    def __init__(self, pager: Pager, traps_dirty: bool) -> None:
+        super().__init__()
+        self.pager = pager
+        self.traps_dirty = traps_dirty
+        self.vmo: Vmo | None = None
+        self.modified_since_query = False
+
+    def wait(self, request: Request, timeout: float | None) -> None:
+        with self.lock:
+            first = not request.dispatched
+            request.dispatched = True
+        if first:
+            self.pager._dispatch(self, request)
+        super().wait(request, timeout)
+
+    def on_close(self, node: CowPages) -> None:
+        super().on_close(node)
+        self.pager._vmo_gone(self)
+
+
+class Pager:
+    """A user pager. Create with `vmo.Kernel.pager_create`."""
+
+    def __init__(self, kernel: Kernel, handler: Callable[[PageRequest], Any] | None) -> None:
+        self._kernel = kernel
+        self.handler = handler
+        self._lock = threading.Lock()
+        self._port: collections.deque[PageRequest] = collections.deque()
+        self._port_cond = threading.Condition(self._lock)
+        self._sources: set[UserPagerSource] = set()
+        self._closed = False
+        self.handler_errors = 0
+
+    def __repr__(self) -> str:
+        mode = "handler" if self.handler is not None else "queue"
+        return f"<Pager {mode} mode, {len(self._sources)} VMOs{' closed' if self._closed else ''}>"
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, "the pager is closed")
+        if self._kernel.closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, "the kernel is closed")
+
+    def _source_of(self, vmo: Any, name: str = "vmo") -> tuple[UserPagerSource, CowPages]:
+        if not isinstance(vmo, Vmo):
+            raise ZxError(Status.ERR_WRONG_TYPE, f"{name} must be a Vmo, not {type(vmo).__name__}")
+        vmo._check_open()
+        node = vmo.cow
+        src = node.page_source
+        if not isinstance(src, UserPagerSource) or src.pager is not self:
+            raise ZxError(Status.ERR_INVALID_ARGS, f"{name} koid {vmo.koid} is not a VMO of this pager")
+        return src, node
+
+    def _range(self, vmo: Vmo, offset: Any, length: Any) -> tuple[int, int]:
+        offset = _args.u64("offset", offset)
+        length = _args.u64("length", length)
+        _args.aligned("offset", offset)
+        _args.aligned("length", length)
+        _args.in_range("range", offset, length, vmo.cow.size * PAGE_SIZE)
+        return offset // PAGE_SIZE, (offset + length) // PAGE_SIZE
+
+    def _packet(self, src: UserPagerSource, command: PageRequestCommand, offset: int,
+                length: int) -> PageRequest:
+        assert src.vmo is not None
+        return PageRequest(command, src.vmo, offset * PAGE_SIZE, length * PAGE_SIZE)
+
+    def _dispatch(self, src: UserPagerSource, request: Request) -> None:
+        packet = self._packet(src, request.command, request.offset, request.length)
+        if self.handler is None:
+            with self._lock:
+                self._port.append(packet)
+                self._port_cond.notify()
+            return
+        try:
+            self.handler(packet)
+        except Exception as e:
+            self.handler_errors += 1
+            src.fail(request.node, request.offset, request.length, Status.ERR_IO)
+            raise ZxError(Status.ERR_IO, f"pager handler raised {type(e).__name__}: {e}") from e
+
+    def _post_complete(self, src: UserPagerSource) -> None:
+        if src.vmo is None:
+            return
+        packet = PageRequest(PageRequestCommand.COMPLETE, src.vmo, 0, 0)
+        if self.handler is None:
+            with self._lock:
+                self._port.append(packet)
+                self._port_cond.notify()
+        else:
+            try:
+                self.handler(packet)
+            except Exception:
+                self.handler_errors += 1
+
+    def _vmo_gone(self, src: UserPagerSource) -> None:
+        """The VMO closed (called under its hierarchy lock): tell the pager, never calling
+        user code under a lock — a handler hears of it from a thread of its own."""
+        with self._lock:
+            if src not in self._sources:
+                return
+            self._sources.discard(src)
+        if src.detached:
+            return
+        if self.handler is None:
+            self._post_complete(src)
+        else:
+            threading.Thread(target=self._post_complete, args=(src,), daemon=True,
+                             name="vmo-pager-complete").start()
+
+    # ---------------------------------------------------------------- zx_pager_* calls
+
+    def create_vmo(self, size: int, options: PagerVmoOptions = PagerVmoOptions(0)) -> Vmo:
+        """``zx_pager_create_vmo``: a VMO whose content this pager supplies."""
+        self._check_open()
+        opts = _args.flags("options", options, PagerVmoOptions)
+        size = _args.page_size_round("size", size)
+        kernel = self._kernel
+        src = UserPagerSource(self, traps_dirty=bool(opts & PagerVmoOptions.TRAP_DIRTY))
+        hier = kernel._new_hierarchy()
+        node = CowPages(hier, size // PAGE_SIZE, page_source=src)
+        node.supply_zero_offset = node.size  # every page comes from the pager at first
+        hier.root = node
+        vmo = Vmo(kernel, node, resizable=bool(opts & PagerVmoOptions.RESIZABLE),
+                  discardable=False)
+        src.vmo = vmo
+        with self._lock:
+            self._sources.add(src)
+        return vmo
+
+    def supply_pages(self, pager_vmo: Vmo, offset: int, length: int, aux_vmo: Vmo,
+                     aux_offset: int) -> None:
+        """``zx_pager_supply_pages``: move ``length`` bytes of pages from ``aux_vmo`` into
+        ``pager_vmo`` at ``offset``. Pages already present in ``pager_vmo`` are kept (the
+        supplied ones are dropped); ``aux_vmo`` reads zeros there afterwards."""
+        self._check_open()
+        src, node = self._source_of(pager_vmo, "pager_vmo")
+        if not isinstance(aux_vmo, Vmo):
+            raise ZxError(Status.ERR_WRONG_TYPE, f"aux_vmo must be a Vmo, not {type(aux_vmo).__name__}")
+        aux_vmo._check_open()
+        start, end = self._range(pager_vmo, offset, length)
+        aux_offset = _args.u64("aux_offset", aux_offset)
+        _args.aligned("aux_offset", aux_offset)
+        _args.in_range("aux range", aux_offset, length, aux_vmo.get_size())
+        if aux_vmo.cow.is_pager_backed():
+            raise ZxError(Status.ERR_NOT_SUPPORTED, "aux_vmo must not be pager-backed")
+        if aux_vmo.cow.is_slice:
+            raise ZxError(Status.ERR_NOT_SUPPORTED, "aux_vmo must not be a slice")
+        if not aux_vmo.writable:
+            raise ZxError(Status.ERR_ACCESS_DENIED, "aux_vmo must be writable")
+        if src.detached:
+            raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
+        if start == end:
+            return
+        a_start = aux_offset // PAGE_SIZE
+        # Take the pages out of aux under its lock, then supply under the target's: never both
+        # locks at once (two supplies in opposite directions must not deadlock).
+        with aux_vmo._hier.lock:
+            aux_vmo._check_open()
+            slots = aux_vmo.cow.take_pages_locked(a_start, a_start + (end - start))
+        pmm = self._kernel.pmm
+        try:
+            with pager_vmo._hier.lock:
+                pager_vmo._check_open()
+                if src.detached:
+                    raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
+                if node.size < end:
+                    raise ZxError(Status.ERR_OUT_OF_RANGE, "pager_vmo shrank during the supply")
+                rejected = node.supply_pages_locked(start, slots)
+                slots = []
+                pmm.free(rejected)
+        finally:
+            pmm.free([f for f in slots if f > 0])
+
+    def op_range(self, op: PagerOp, vmo: Vmo, offset: int, length: int, data: int = 0) -> None:
+        """``zx_pager_op_range``: FAIL, DIRTY, WRITEBACK_BEGIN, WRITEBACK_END."""
+        self._check_open()
+        op = _args.enum_value("op", op, PagerOp)
+        src, node = self._source_of(vmo)
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise ZxError(Status.ERR_INVALID_ARGS, f"data must be an int, not {type(data).__name__}")
+        with vmo._hier.lock:
+            vmo._check_open()
+            start, end = self._range(vmo, offset, length)
+            if op == PagerOp.FAIL:
+                try:
+                    status = Status(data)
+                except ValueError:
+                    status = None
+                if status not in FAIL_STATUSES:
+                    raise ZxError(Status.ERR_INVALID_ARGS,
+                                  f"FAIL status {data} is not one of "
+                                  f"{sorted(s.name for s in FAIL_STATUSES)}")
+                assert status is not None
+                src.fail(node, start, end - start, status)
+                return
+            if src.detached:
+                raise ZxError(Status.ERR_BAD_STATE, "the VMO was detached from its pager")
+            if op == PagerOp.DIRTY:
+                node.dirty_pages_locked(start, end)
+            elif op == PagerOp.WRITEBACK_BEGIN:
+                if data & ~WRITEBACK_BEGIN_ZERO_RANGE:
+                    raise ZxError(Status.ERR_INVALID_ARGS,
+                                  f"WRITEBACK_BEGIN data {data:#x} has unknown bits")
+                node.writeback_begin_locked(start, end)
+            else:
+                if data:
+                    raise ZxError(Status.ERR_INVALID_ARGS, "WRITEBACK_END takes no data")
+                node.writeback_end_locked(start, end)
+
+    def query_dirty_ranges(self, vmo: Vmo, offset: int, length: int) -> list[DirtyRange]:
+        """``zx_pager_query_dirty_ranges``: the runs not yet written back, in bytes."""
+        self._check_open()
+        src, node = self._source_of(vmo)
+        with vmo._hier.lock:
+            vmo._check_open()
+            start, end = self._range(vmo, offset, length)
+            return [DirtyRange(o * PAGE_SIZE, n * PAGE_SIZE,
+                               DirtyRangeOptions.IS_ZERO if z else DirtyRangeOptions(0))
+                    for o, n, z in node.dirty_ranges_locked(start, end)]
+
+    def query_vmo_stats(self, vmo: Vmo, reset: bool = False) -> PagerVmoStats:
+        """``zx_pager_query_vmo_stats``: was the VMO modified (since the last reset)?"""
+        self._check_open()
+        if not isinstance(reset, bool):
+            raise ZxError(Status.ERR_INVALID_ARGS, "reset must be a bool")
+        src, node = self._source_of(vmo)
+        with vmo._hier.lock:
+            vmo._check_open()
+            stats = PagerVmoStats(modified=node.modified)
+            if reset:
+                node.modified = False
+            return stats
+
+    def detach_vmo(self, vmo: Vmo) -> None:
+        """``zx_pager_detach_vmo``: outstanding and later requests fail with ERR_BAD_STATE and
+        the pager gets a COMPLETE request."""
+        self._check_open()
+        src, node = self._source_of(vmo)
+        with vmo._hier.lock:
+            vmo._check_open()
+            if src.detached:
+                return
+            src.detached = True
+            node.detach_source_locked()
+            src.cancel_all(node, Status.ERR_BAD_STATE)
+        self._post_complete(src)
+
+    def get_request(self, timeout: float | None = None) -> PageRequest:
+        """Take the next request from the port (queue mode); ``ERR_TIMED_OUT`` if none comes
+        within ``timeout`` seconds."""
+        self._check_open()
+        timeout = _args.timeout("timeout", timeout)
+        if self.handler is not None:
+            raise ZxError(Status.ERR_BAD_STATE, "this pager delivers requests to its handler")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not self._port:
+                if self._closed:
+                    raise ZxError(Status.ERR_BAD_HANDLE, "the pager was closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ZxError(Status.ERR_TIMED_OUT, f"no page request within {timeout} s")
+                self._port_cond.wait(remaining)
+            return self._port.popleft()
+
+    def close(self) -> None:
+        """Close the pager: its VMOs are detached (their requests fail)."""
+        if self._closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, "the pager is already closed")
+        for src in list(self._sources):
+            vmo = src.vmo
+            if vmo is not None and not vmo.closed:
+                try:
+                    self.detach_vmo(vmo)
+                except ZxError:
+                    pass
+        with self._lock:
+            self._closed = True
+            self._port_cond.notify_all()
+
+    def __enter__(self) -> Pager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._closed:
+            self.close()
