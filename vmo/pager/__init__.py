@@ -6,13 +6,14 @@
 - `vmo.pager.uffd`: the cffi userfaultfd/memory binding (imported on demand).
 """
 
+from vmo.pager.file_pager import FilePager, FilePagerMetrics
 from vmo.pager.source import PageRequestCommand, PageSource
 from vmo.pager.user_pager import (
     WRITEBACK_BEGIN_ZERO_RANGE,
     DirtyRange,
     DirtyRangeOptions,
-    PageRequest,
     Pager,
+    PageRequest,
     PagerOp,
     PagerVmoOptions,
     PagerVmoStats,
@@ -22,6 +23,8 @@ __all__ = [
     "WRITEBACK_BEGIN_ZERO_RANGE",
     "DirtyRange",
     "DirtyRangeOptions",
+    "FilePager",
+    "FilePagerMetrics",
     "PageRequest",
     "PageRequestCommand",
     "PageSource",
