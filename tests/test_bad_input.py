@@ -2,8 +2,8 @@
 
 Each example builds a small fixture world (a root with data, a snapshot child, slices, a
 resizable VMO and its resizable child, discardable VMOs locked and discarded, a pinned VMO, a
-NO_WRITE child, closed handles), calls one public entry point with one bad argument or in one
-bad state, and checks that
+NO_WRITE child, closed handles; for the ``zx_pager_*`` calls a pager with supplied VMOs), calls
+one public entry point with one bad argument or in one bad state, and checks that
 
 - the call raises `vmo.ZxError` (never `TypeError`, `OverflowError`, `AssertionError`, ...),
 - with the status API.md / Zircon give (conventions in `vmo/_args.py`),
@@ -40,7 +40,7 @@ P = PAGE_SIZE
 U64 = 1 << 64
 MAX_SIZE = U64 - P
 C = ChildOptions
-SETTINGS = settings(max_examples=25, deadline=None,
+SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -1016,7 +1016,7 @@ def random_calls(w: World, v: vmo.Vmo, args: list[Any]) -> dict[str, Callable[[]
     }
 
 
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=250, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(name=st.sampled_from(CLOSABLE + ["rpinned"]), data=st.data())
 def test_random_calls_raise_only_zx_error(world_factory, name, data):
@@ -1043,3 +1043,315 @@ def test_random_calls_raise_only_zx_error(world_factory, name, data):
             assert after == before
         return
     validate(w.k)
+
+
+# ---------------------------------------------------------------------------- pagers (zx_pager_*)
+
+FAIL_OK = {Status.ERR_IO, Status.ERR_IO_DATA_INTEGRITY, Status.ERR_BAD_STATE, Status.ERR_NO_SPACE,
+           Status.ERR_BUFFER_TOO_SMALL}
+
+
+class PagerWorld:
+    """A queue-mode pager with two fully supplied VMOs (so reads never wait), an auxiliary VMO
+    and the kinds of aux VMO a supply must refuse."""
+
+    def __init__(self) -> None:
+        self.k = k = Kernel(memory=64 * P, page_request_timeout=2.0)
+        self.pager = k.pager_create()
+        self.pv = self.pager.create_vmo(4 * P)
+        self.tpv = self.pager.create_vmo(4 * P, vmo.PagerVmoOptions.TRAP_DIRTY)
+        for target, byte in ((self.pv, b"A"), (self.tpv, b"T")):
+            src = k.vmo_create(4 * P)
+            src.write(byte * (4 * P))
+            self.pager.supply_pages(target, 0, 4 * P, src, 0)
+            src.close()
+        self.pv.write(b"dirty", P)  # one Dirty page for query_dirty_ranges
+        self.aux = k.vmo_create(4 * P)
+        self.aux.write(b"B" * (4 * P))
+        self.aux_slice = self.aux.create_child(C.SLICE, 0, 2 * P)
+        self.aux_ro = self.aux.create_child(C.SNAPSHOT | C.NO_WRITE, 0, 2 * P)
+        self.other = k.pager_create(lambda request: None)
+        validate(k)
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"used_frames": self.k.pmm.used_frames,
+                               "port": len(self.pager._port)}
+        for name in ("pv", "tpv", "aux", "aux_slice", "aux_ro"):
+            v = getattr(self, name)
+            if v.closed:
+                continue
+            try:
+                data: Any = v.read(v.get_size())
+            except ZxError as e:  # a detached VMO's clean pages are gone
+                data = e.status
+            out[name] = (v.get_size(), data, v.get_info())
+        for name in ("pv", "tpv"):
+            v = getattr(self, name)
+            if not v.closed:
+                out[name + ".dirty"] = self.pager.query_dirty_ranges(v, 0, v.get_size())
+                out[name + ".stats"] = self.pager.query_vmo_stats(v)
+        return out
+
+
+@pytest.fixture
+def pager_world():
+    made: list[PagerWorld] = []
+
+    def make() -> PagerWorld:
+        w = PagerWorld()
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.k.close()
+
+
+def pexpect(w: PagerWorld, status: Status | set[Status], fn: Callable[[], Any]) -> None:
+    before = w.state()
+    with pytest.raises(ZxError) as info:
+        fn()
+    allowed = status if isinstance(status, set) else {status}
+    assert info.value.status in allowed, f"{info.value!r}, wanted {allowed}"
+    validate(w.k)
+    assert w.state() == before
+
+
+not_a_vmo = st.one_of(non_ints, st.integers()).map(lambda x: (x, Status.ERR_WRONG_TYPE))
+
+PAGER_CASES: dict[str, tuple[Callable[[PagerWorld, Any], Any], st.SearchStrategy]] = {
+    "pager_create.handler": (
+        lambda w, x: w.k.pager_create(x),
+        st.one_of(st.integers(), st.text(max_size=3), st.floats(), st.binary(max_size=2),
+                  st.lists(st.integers(), max_size=1)).map(lambda x: (x, Status.ERR_INVALID_ARGS))),
+    "create_vmo.size": (lambda w, x: w.pager.create_vmo(x), bad_u64("size")),
+    "create_vmo.options": (lambda w, x: w.pager.create_vmo(P, x), bad_flags(vmo.PagerVmoOptions)),
+    "supply_pages.pager_vmo": (lambda w, x: w.pager.supply_pages(x, 0, P, w.aux, 0), not_a_vmo),
+    "supply_pages.aux_vmo": (lambda w, x: w.pager.supply_pages(w.pv, 0, P, x, 0), not_a_vmo),
+    "supply_pages.offset": (lambda w, x: w.pager.supply_pages(w.pv, x, P, w.aux, 0), bad_u64()),
+    "supply_pages.length": (lambda w, x: w.pager.supply_pages(w.pv, 0, x, w.aux, 0), bad_u64()),
+    "supply_pages.aux_offset": (lambda w, x: w.pager.supply_pages(w.pv, 0, P, w.aux, x),
+                                bad_u64()),
+    "op_range.op": (lambda w, x: w.pager.op_range(x, w.pv, 0, P), bad_enum(vmo.PagerOp)),
+    "op_range.vmo": (lambda w, x: w.pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, x, 0, P),
+                     not_a_vmo),
+    "op_range.offset": (lambda w, x: w.pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, w.pv, x, P),
+                        bad_u64()),
+    "op_range.length": (lambda w, x: w.pager.op_range(vmo.PagerOp.WRITEBACK_END, w.pv, 0, x),
+                        bad_u64()),
+    "op_range.data": (lambda w, x: w.pager.op_range(vmo.PagerOp.FAIL, w.pv, 0, P, x),
+                      non_ints.map(lambda x: (x, Status.ERR_INVALID_ARGS))),
+    "query_dirty_ranges.vmo": (lambda w, x: w.pager.query_dirty_ranges(x, 0, P), not_a_vmo),
+    "query_dirty_ranges.offset": (lambda w, x: w.pager.query_dirty_ranges(w.pv, x, P),
+                                  bad_u64()),
+    "query_dirty_ranges.length": (lambda w, x: w.pager.query_dirty_ranges(w.pv, 0, x),
+                                  bad_u64()),
+    "query_vmo_stats.vmo": (lambda w, x: w.pager.query_vmo_stats(x), not_a_vmo),
+    "query_vmo_stats.reset": (
+        lambda w, x: w.pager.query_vmo_stats(w.pv, x),
+        st.one_of(st.integers(), st.none(), st.text(max_size=2), st.floats())
+        .map(lambda x: (x, Status.ERR_INVALID_ARGS))),
+    "detach_vmo.vmo": (lambda w, x: w.pager.detach_vmo(x), not_a_vmo),
+    "get_request.timeout": (lambda w, x: w.pager.get_request(x),
+                            bad_timeouts.map(lambda x: (x, Status.ERR_INVALID_ARGS))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PAGER_CASES))
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_pager_bad_argument(pager_world, case, data):
+    call, bad = PAGER_CASES[case]
+    value, status = data.draw(bad, label="bad value")
+    w = pager_world()
+    pexpect(w, status, lambda: call(w, value))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_supply_pages_unaligned(pager_world, data):
+    w = pager_world()
+    args = [data.draw(st.integers(0, 2)) * P for _ in range(3)]  # offset, length, aux_offset
+    which = data.draw(st.integers(0, 2))
+    args[which] += data.draw(st.integers(1, P - 1))
+    off, length, aux_off = args
+    pexpect(w, Status.ERR_INVALID_ARGS,
+            lambda: w.pager.supply_pages(w.pv, off, length, w.aux, aux_off))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_supply_pages_out_of_range(pager_world, data):
+    w = pager_world()
+    if data.draw(st.booleans(), label="aux range"):
+        pages = data.draw(st.integers(1, 4))
+        first = data.draw(st.integers(5 - pages, 8))
+        args = (w.pv, 0, pages * P, w.aux, first * P)
+    else:
+        first = data.draw(st.integers(0, 6))
+        pages = data.draw(st.integers(max(1, 5 - first), 8))
+        args = (w.pv, first * P, pages * P, w.aux, 0)
+    pexpect(w, Status.ERR_OUT_OF_RANGE, lambda: w.pager.supply_pages(*args))
+
+
+def test_supply_pages_bad_vmos(pager_world):
+    w = pager_world()
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pager.supply_pages(w.pv, 0, P, w.tpv, 0))
+    pexpect(w, Status.ERR_NOT_SUPPORTED,
+            lambda: w.pager.supply_pages(w.pv, 0, P, w.aux_slice, 0))
+    pexpect(w, Status.ERR_ACCESS_DENIED, lambda: w.pager.supply_pages(w.pv, 0, P, w.aux_ro, 0))
+    # A VMO that is not this pager's.
+    pexpect(w, Status.ERR_INVALID_ARGS, lambda: w.pager.supply_pages(w.aux, 0, P, w.aux, 0))
+    pexpect(w, Status.ERR_INVALID_ARGS, lambda: w.other.supply_pages(w.pv, 0, P, w.aux, 0))
+    pexpect(w, Status.ERR_INVALID_ARGS,
+            lambda: w.pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, w.aux, 0, P))
+    pexpect(w, Status.ERR_INVALID_ARGS, lambda: w.other.query_dirty_ranges(w.pv, 0, P))
+    pexpect(w, Status.ERR_INVALID_ARGS, lambda: w.other.query_vmo_stats(w.pv))
+    pexpect(w, Status.ERR_INVALID_ARGS, lambda: w.other.detach_vmo(w.pv))
+
+
+@SETTINGS
+@given(data=st.integers(-(2**70), 2**70).filter(lambda x: x not in {int(s) for s in FAIL_OK}))
+def test_pager_fail_with_a_status_it_cannot_send(pager_world, data):
+    w = pager_world()
+    pexpect(w, Status.ERR_INVALID_ARGS,
+            lambda: w.pager.op_range(vmo.PagerOp.FAIL, w.pv, 0, P, data))
+
+
+@SETTINGS
+@given(data=st.integers(-(2**70), 2**70).filter(lambda x: x not in (0, 1)))
+def test_pager_writeback_begin_unknown_data(pager_world, data):
+    w = pager_world()
+    pexpect(w, Status.ERR_INVALID_ARGS,
+            lambda: w.pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, w.pv, 0, P, data))
+
+
+@SETTINGS
+@given(data=st.integers(-(2**70), 2**70).filter(lambda x: x != 0))
+def test_pager_writeback_end_with_data(pager_world, data):
+    w = pager_world()
+    pexpect(w, Status.ERR_INVALID_ARGS,
+            lambda: w.pager.op_range(vmo.PagerOp.WRITEBACK_END, w.pv, 0, P, data))
+
+
+@pytest.mark.parametrize("op", list(vmo.PagerOp), ids=lambda o: o.name)
+@SETTINGS
+@given(data=st.data())
+def test_pager_op_range_unaligned_or_past_end(pager_world, op, data):
+    w = pager_world()
+    target = w.tpv  # DIRTY needs a TRAP_DIRTY VMO
+    first = data.draw(st.integers(0, 6))
+    if data.draw(st.booleans()):
+        off = first * P + data.draw(st.integers(1, P - 1))
+        status = Status.ERR_INVALID_ARGS
+        length = data.draw(st.integers(0, 2)) * P
+    else:
+        off = first * P
+        length = data.draw(st.integers(max(1, 5 - first), 8)) * P
+        status = Status.ERR_OUT_OF_RANGE
+    extra = (Status.ERR_IO,) if op == vmo.PagerOp.FAIL else ()
+    pexpect(w, status, lambda: w.pager.op_range(op, target, off, length, *extra))
+
+
+def test_pager_dirty_without_trap_dirty(pager_world):
+    w = pager_world()
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pager.op_range(vmo.PagerOp.DIRTY, w.pv, 0, P))
+
+
+def test_pager_snapshot_and_other_vmo_ops(pager_world):
+    w = pager_world()
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pv.create_child(C.SNAPSHOT, 0, P))
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pv.create_child(C.SNAPSHOT, 0, 4 * P))
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pv.op_range(VmoOp.LOCK, 0, 4 * P))
+    pexpect(w, Status.ERR_UNAVAILABLE, lambda: w.pv.set_size(P))
+    alow = w.pv.create_child(C.SNAPSHOT_AT_LEAST_ON_WRITE, 0, 2 * P)
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: alow.create_child(C.SNAPSHOT, 0, P))
+    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: alow.op_range(VmoOp.DECOMMIT, 0, P))
+
+
+def test_pager_get_request(pager_world):
+    w = pager_world()
+    pexpect(w, Status.ERR_TIMED_OUT, lambda: w.pager.get_request(0))
+    pexpect(w, Status.ERR_TIMED_OUT, lambda: w.pager.get_request(0.01))
+    pexpect(w, Status.ERR_BAD_STATE, lambda: w.other.get_request(0))
+
+
+def test_pager_detached_vmo(pager_world):
+    w = pager_world()
+    w.pager.detach_vmo(w.pv)
+    validate(w.k)
+    w.pager.get_request(0)  # the COMPLETE packet
+    pexpect(w, Status.ERR_BAD_STATE, lambda: w.pager.supply_pages(w.pv, 0, P, w.aux, 0))
+    for op in (vmo.PagerOp.WRITEBACK_BEGIN, vmo.PagerOp.WRITEBACK_END):
+        pexpect(w, Status.ERR_BAD_STATE, lambda op=op: w.pager.op_range(op, w.pv, 0, P))
+    w.pager.detach_vmo(w.pv)  # detaching twice is harmless
+    validate(w.k)
+
+
+def test_pager_closed_vmo_arguments(pager_world):
+    w = pager_world()
+    w.pv.close()
+    w.aux_ro.close()
+    w.aux_slice.close()
+    calls = {
+        "supply_pages": lambda: w.pager.supply_pages(w.pv, 0, P, w.aux, 0),
+        "op_range": lambda: w.pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, w.pv, 0, P),
+        "query_dirty_ranges": lambda: w.pager.query_dirty_ranges(w.pv, 0, P),
+        "query_vmo_stats": lambda: w.pager.query_vmo_stats(w.pv),
+        "detach_vmo": lambda: w.pager.detach_vmo(w.pv),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ZxError) as e:
+            call()
+        assert e.value.status == Status.ERR_BAD_HANDLE, name
+        validate(w.k)
+    w.aux.close()
+    pexpect(w, Status.ERR_BAD_HANDLE, lambda: w.pager.supply_pages(w.tpv, 0, P, w.aux, 0))
+
+
+def pager_calls(w: PagerWorld, pager: vmo.Pager) -> dict[str, Callable[[], Any]]:
+    return {
+        "create_vmo": lambda: pager.create_vmo(P),
+        "supply_pages": lambda: pager.supply_pages(w.pv, 0, P, w.aux, 0),
+        "op_range": lambda: pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, w.pv, 0, P),
+        "query_dirty_ranges": lambda: pager.query_dirty_ranges(w.pv, 0, P),
+        "query_vmo_stats": lambda: pager.query_vmo_stats(w.pv),
+        "detach_vmo": lambda: pager.detach_vmo(w.pv),
+        "get_request": lambda: pager.get_request(0),
+        "close": pager.close,
+    }
+
+
+def test_closed_pager_every_call(pager_world):
+    w = pager_world()
+    w.pager.close()
+    validate(w.k)
+    for name, call in pager_calls(w, w.pager).items():
+        with pytest.raises(ZxError) as e:
+            call()
+        assert e.value.status == Status.ERR_BAD_HANDLE, name
+        validate(w.k)
+
+
+def test_closed_kernel_pager_calls(pager_world):
+    w = pager_world()
+    w.k.close()
+    with pytest.raises(ZxError) as e:
+        w.k.pager_create()
+    assert e.value.status == Status.ERR_BAD_HANDLE
+    for pager in (w.pager, w.other):
+        for name, call in pager_calls(w, pager).items():
+            if name == "close":
+                continue
+            with pytest.raises(ZxError) as e:
+                call()
+            assert e.value.status in (Status.ERR_BAD_HANDLE, Status.ERR_BAD_STATE), name
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Pager.get_request(timeout=10**400) lets OverflowError "
+                   "out of _args.timeout (float() of a huge int); same fix as the other timeouts")
+def test_get_request_timeout_int_too_large(pager_world):
+    w = pager_world()
+    with pytest.raises(ZxError):
+        w.pager.get_request(10**400)
