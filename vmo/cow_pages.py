@@ -913,6 +913,10 @@ class CowPages:
     def close_locked(self) -> None:
         """The VMO handle of this node is gone: leave the tree if nothing depends on us."""
         self.paged_ref = None
+        if self.page_source is not None and self.children:
+            # Children keep the node, but nobody can supply it any more (the pager answers
+            # through the handle that just closed): its later requests fail.
+            self.page_source.on_handle_closed(self)
         node: CowPages | None = self
         while node is not None and node.paged_ref is None and not node.children \
                 and not node.hidden:

@@ -163,9 +163,9 @@ def _validate_dirty(node: CowPages, off: int, frame: int) -> None:
     if off >= node.supply_zero_offset and dirty == DirtyState.CLEAN:
         raise _fail(node, off, "clean page beyond supply_zero_offset")
     if pmm.pin_count[frame] == 0:
-        want = (PageQueue.PAGER_BACKED if dirty == DirtyState.CLEAN
-                else PageQueue.PAGER_BACKED_DIRTY)
-        if pmm.queue[frame] != want:
+        want = ((PageQueue.PAGER_BACKED, PageQueue.PAGER_BACKED_INACTIVE)
+                if dirty == DirtyState.CLEAN else (PageQueue.PAGER_BACKED_DIRTY,))
+        if pmm.queue[frame] not in want:
             raise _fail(node, off, f"{DirtyState(dirty).name} page in queue "
                                    f"{PageQueue(pmm.queue[frame]).name}")
 

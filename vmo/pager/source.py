@@ -50,6 +50,8 @@ class PageSource(Protocol):
 
     def on_resize(self, node: CowPages, start: int, end: int) -> None: ...
 
+    def on_handle_closed(self, node: CowPages) -> None: ...
+
     def on_close(self, node: CowPages) -> None: ...
 
     def register_locked(self, need: NeedPages) -> Request: ...
@@ -90,6 +92,7 @@ class RequestTracker:
         self.outstanding: list[Request] = []
         self.detached = False
         self.closed = False
+        self.orphaned = False  # the handle closed while children still need the content
         # Counters, for `metrics`-style reporting.
         self.requests_made = 0
         self.requests_joined = 0
@@ -104,6 +107,9 @@ class RequestTracker:
             if self.detached or self.closed:
                 raise ZxError(Status.ERR_BAD_STATE,
                               "the VMO's pager was detached; its content is gone")
+            if self.orphaned:
+                raise ZxError(Status.ERR_BAD_STATE,
+                              "the pager-backed VMO was closed; its pager cannot supply pages")
             for req in self.outstanding:
                 if (req.command == command and req.node is need.node
                         and req.offset <= need.offset < req.offset + req.length):
@@ -171,6 +177,10 @@ class RequestTracker:
 
     def on_close(self, node: CowPages) -> None:
         self.closed = True
+        self.cancel_all(node, Status.ERR_BAD_STATE)
+
+    def on_handle_closed(self, node: CowPages) -> None:
+        self.orphaned = True
         self.cancel_all(node, Status.ERR_BAD_STATE)
 
     # -- waiting (no hierarchy lock held) -------------------------------------------------------

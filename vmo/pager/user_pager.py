@@ -109,6 +109,10 @@ class UserPagerSource(RequestTracker):
         super().on_close(node)
         self.pager._vmo_gone(self)
 
+    def on_handle_closed(self, node: CowPages) -> None:
+        super().on_handle_closed(node)
+        self.pager._vmo_gone(self)
+
 
 class Pager:
     """A user pager. Create with `vmo.Kernel.pager_create`."""

@@ -1,0 +1,423 @@
+"""The oracle state machine with a user pager: the test plays the pager.
+
+`PagerStateMachine` extends `VmoStateMachine` with pager-backed VMOs and their
+at-least-on-write children. A handler-mode pager serves READ requests from the test's model of
+the backing store (its "disk"), acknowledges DIRTY requests, and fails a request with a chosen
+status when a rule arms it. Rules write back dirty ranges (WRITEBACK_BEGIN/END, updating the
+disk), evict (``k.reclaim``), resize, zero, commit and detach. Every live pager VMO's content is
+compared with the model after every step, and every ``query_dirty_ranges`` answer is checked:
+it must cover every page written since its last writeback, only pages that may be un-Clean, and
+report as zero only ranges the model reads as zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, consumes, invariant, multiple, rule
+
+from vmo.errors import Status, ZxError
+from vmo.page_list import EMPTY
+from vmo.pager.source import PageRequestCommand
+from vmo.pager.user_pager import (
+    WRITEBACK_BEGIN_ZERO_RANGE,
+    PageRequest,
+    PagerOp,
+    PagerVmoOptions,
+)
+from vmo.pmm import PAGE_SIZE
+from vmo.testing import strategies as vs
+from vmo.testing.machine import Mismatch, VmoStateMachine
+from vmo.types import ChildOptions, VmoOp
+from vmo.vm_object import Vmo
+
+P = PAGE_SIZE
+FAIL_STATUSES = [Status.ERR_IO, Status.ERR_IO_DATA_INTEGRITY, Status.ERR_BAD_STATE,
+                 Status.ERR_NO_SPACE, Status.ERR_BUFFER_TOO_SMALL]
+
+
+@attrs.define(eq=False)
+class PNode:
+    """Model of a pager-backed root or an at-least-on-write child of one."""
+
+    real: Vmo
+    size: int  # bytes
+    resizable: bool
+    root: PNode | None = None  # None for a root
+    # Root only: the backing store, the current content, dirty bookkeeping.
+    disk: bytearray = attrs.Factory(bytearray)
+    content: bytearray = attrs.Factory(bytearray)
+    must_dirty: set[int] = attrs.Factory(set)
+    may_dirty: set[int] = attrs.Factory(set)
+    detached: bool = False
+    # Child only: where it hangs, and the pages it holds itself.
+    target: PNode | None = None
+    offset: int = 0  # pages, in the target
+    limit: int = 0  # pages of the target it can see
+    own: dict[int, bytes] = attrs.Factory(dict)
+    closed: bool = False
+    children: list[PNode] = attrs.Factory(list)
+
+    @property
+    def is_root(self) -> bool:
+        return self.root is None
+
+    def the_root(self) -> PNode:
+        return self if self.root is None else self.root
+
+    def page(self, p: int) -> bytes:
+        """The model's content of page ``p`` (in this node's coordinates)."""
+        if self.root is None:
+            return bytes(self.content[p * P:(p + 1) * P])
+        if p in self.own:
+            return self.own[p]
+        if p < self.limit and self.target is not None:
+            tp = p + self.offset
+            if tp * P < self.target.size:
+                return self.target.page(tp)
+        return bytes(P)
+
+    def read(self) -> bytes:
+        return b"".join(self.page(p) for p in range(self.size // P))
+
+    def unknown(self) -> bool:
+        """Content the model cannot predict: the pager was detached (its pages are gone)."""
+        return self.the_root().detached
+
+    def may_fail(self) -> bool:
+        """Calls needing the pager fail with ERR_BAD_STATE: detached, or the root's handle
+        closed while this child still depends on it."""
+        root = self.the_root()
+        return root.detached or root.closed
+
+
+class PagerStateMachine(VmoStateMachine):
+    pvmos = Bundle("pvmos")
+
+    # The anonymous-VMO rules are proven by `VmoStateMachine` itself; here only a few of them
+    # stay (anonymous VMOs share the arena and the page queues with pager-backed ones), so
+    # that the pager's rules get most of the steps. A rule is switched off by shadowing it.
+    set_size = op_range = lock_op = use_maybe_closed = pin = unpin = check_info = None
+    write_pages = zero_inside = snapshot_inside = resize_pages = None
+    create_discardable = lock_discardable = reclaim_aged = create_child = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pager = self.k.pager_create(self._serve)
+        self.pnodes: list[PNode] = []
+        self.by_koid: dict[int, PNode] = {}
+        self.fail_next: Status | None = None
+        self.failed_requests = 0
+
+    # ------------------------------------------------------------------ the pager's part
+
+    def _serve(self, req: PageRequest) -> None:
+        """The handler: supply from the model disk, or fail when a rule armed a failure."""
+        if req.command == PageRequestCommand.COMPLETE:
+            return
+        if self.fail_next is not None:
+            status, self.fail_next = self.fail_next, None
+            self.failed_requests += 1
+            self.pager.op_range(PagerOp.FAIL, req.vmo, req.offset, req.length, status)
+            return
+        self._count(f"pager:{req.command.name}")
+        if req.command == PageRequestCommand.DIRTY:
+            self.pager.op_range(PagerOp.DIRTY, req.vmo, req.offset, req.length)
+            return
+        node = self.by_koid[req.vmo.koid]
+        data = bytes(node.disk[req.offset:req.offset + req.length])
+        data += bytes(req.length - len(data))
+        aux = self.k.vmo_create(req.length)
+        try:
+            aux.write(data)
+            self.pager.supply_pages(req.vmo, req.offset, req.length, aux, 0)
+        finally:
+            aux.close()
+
+    def _call(self, what: str, node: PNode, fn: Any, fail: Status | None = None) -> Any:
+        """Run ``fn``; with ``fail`` armed, the call may fail with exactly that status (if it
+        needed the pager). Detached hierarchies may also fail with ERR_BAD_STATE."""
+        self.fail_next = fail
+        self._count(what)
+        try:
+            result = fn()
+        except ZxError as e:
+            allowed = {fail} if fail is not None and self.fail_next is None else set()
+            if node.may_fail():
+                allowed.add(Status.ERR_BAD_STATE)
+            if e.status not in allowed:
+                raise Mismatch(f"{what} koid {node.real.koid}: unexpected {e}") from e
+            self._count(f"{what}:failed")
+            return e
+        finally:
+            self.fail_next = None
+        return result
+
+    def _sync_own(self, node: PNode, first: int, end: int) -> None:
+        """After a failed call on a child, pages it forked before failing are its own now."""
+        if node.is_root:
+            return
+        cow = node.real.cow
+        for p in range(first, min(end, node.size // P)):
+            if p not in node.own and cow.page_list.get(p) != EMPTY:
+                node.own[p] = node.page(p)
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(target=pvmos, npages=st.integers(1, vs.MAX_PAGES), trap=st.booleans(),
+          resizable=st.booleans(), seed=vs.seeds, disk_pages=st.integers(0, vs.MAX_PAGES))
+    def create_pager_vmo(self, npages: int, trap: bool, resizable: bool, seed: int,
+                         disk_pages: int) -> PNode:
+        opts = PagerVmoOptions(0)
+        if trap:
+            opts |= PagerVmoOptions.TRAP_DIRTY
+        if resizable:
+            opts |= PagerVmoOptions.RESIZABLE
+        v = self.pager.create_vmo(npages * P, opts)
+        disk = bytearray(vs.payload(seed, min(disk_pages, npages) * P))
+        content = bytearray(disk) + bytearray(npages * P - len(disk))
+        node = PNode(real=v, size=npages * P, resizable=resizable, disk=disk, content=content)
+        self.pnodes.append(node)
+        self.by_koid[v.koid] = node
+        return node
+
+    @rule(target=pvmos, v=pvmos, at=vs.aligned_positions(), npages=st.integers(0, vs.MAX_PAGES),
+          resizable=st.booleans())
+    def aow_child(self, v: PNode, at: tuple[int, int], npages: int, resizable: bool) -> Any:
+        if v.closed:
+            return multiple()
+        offset = vs.resolve(at, v.size)
+        opts = ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE
+        if resizable:
+            opts |= ChildOptions.RESIZABLE
+        self.expect("pager:snapshot", Status.ERR_NOT_SUPPORTED,
+                    lambda: v.real.create_child(ChildOptions.SNAPSHOT, offset, npages * P))
+        c = self.expect("pager:aow", None, lambda: v.real.create_child(opts, offset, npages * P))
+        assert c is not None
+        # Hang it where the kernel does: at the first ancestor with pages in its window.
+        target, off = v, offset // P
+        limit = 0 if off * P >= v.size else min(npages, v.size // P - off)
+        while target.root is not None:
+            assert target.target is not None
+            if limit > 0 and any(off <= p < off + limit for p in target.own):
+                break
+            limit = 0 if off >= target.limit else min(limit, target.limit - off)
+            off += target.offset
+            target = target.target
+        node = PNode(real=c, size=npages * P, resizable=resizable, root=v.the_root(),
+                     target=target, offset=off, limit=limit)
+        target.children.append(node)
+        self.pnodes.append(node)
+        self.by_koid[c.koid] = node
+        if self.stats is not None:
+            self.stats["pager:aow_depth"] = max(self.stats["pager:aow_depth"], c.cow.depth())
+        return node
+
+    @rule(v=pvmos, at=vs.positions(), length=vs.lengths(), seed=vs.seeds,
+          fail=st.sampled_from([None, None, None, *FAIL_STATUSES]))
+    def p_write(self, v: PNode, at: tuple[int, int], length: int, seed: int,
+                fail: Status | None) -> None:
+        if v.closed:
+            return
+        offset = vs.resolve(at, v.size)
+        length = vs.resolve_length(length, offset, v.size)
+        data = vs.payload(seed, length)
+        if offset + length > v.size:
+            self.expect("pager:write", Status.ERR_OUT_OF_RANGE, lambda: v.real.write(data, offset))
+            return
+        first, end = offset // P, (offset + length + P - 1) // P
+        result = self._call("pager:write", v, lambda: v.real.write(data, offset), fail)
+        if isinstance(result, ZxError) or not length:
+            if v.is_root:
+                v.may_dirty.update(range(first, end))
+            self._sync_own(v, first, end)
+            return
+        self._apply_write(v, offset, data)
+
+    def _apply_write(self, v: PNode, offset: int, data: bytes) -> None:
+        first, end = offset // P, (offset + len(data) + P - 1) // P
+        if v.is_root:
+            v.content[offset:offset + len(data)] = data
+            v.must_dirty.update(range(first, end))
+            v.may_dirty.update(range(first, end))
+            return
+        for p in range(first, end):
+            page = bytearray(v.page(p))
+            lo, hi = max(offset, p * P), min(offset + len(data), (p + 1) * P)
+            page[lo - p * P:hi - p * P] = data[lo - offset:hi - offset]
+            v.own[p] = bytes(page)
+
+    @rule(v=pvmos, at=vs.positions(), length=vs.lengths(),
+          fail=st.sampled_from([None, None, *FAIL_STATUSES]))
+    def p_read(self, v: PNode, at: tuple[int, int], length: int, fail: Status | None) -> None:
+        if v.closed:
+            return
+        offset = vs.resolve(at, v.size)
+        length = vs.resolve_length(length, offset, v.size)
+        if offset + length > v.size:
+            self.expect("pager:read", Status.ERR_OUT_OF_RANGE, lambda: v.real.read(length, offset))
+            return
+        got = self._call("pager:read", v, lambda: v.real.read(length, offset), fail)
+        if isinstance(got, ZxError) or v.unknown():
+            return
+        want = v.read()[offset:offset + length]
+        if got != want:
+            raise Mismatch(f"pager read koid {v.real.koid} [{offset:#x}, +{length:#x}) differs")
+
+    @rule(v=pvmos, op=st.sampled_from(["ZERO", "ZERO", "COMMIT", "COMMIT", "DECOMMIT",
+                                       "DONT_NEED", "ALWAYS_NEED", "PREFETCH", "EVICT", "EVICT",
+                                       "DETACH"]),
+          at=vs.positions(), length=vs.lengths(), fail=st.sampled_from([None, None, Status.ERR_IO]))
+    def p_op(self, v: PNode, op: str, at: tuple[int, int], length: int,
+             fail: Status | None) -> None:
+        """A VMO op on a pager-backed VMO, or (EVICT) a kernel reclaim, or (DETACH) a detach."""
+        if op == "EVICT":
+            self.expect("pager:reclaim", None, lambda: self.k.reclaim(max(length, 0) or 1 << 20))
+            return
+        if v.closed:
+            return
+        if op == "DETACH":
+            if v.is_root and v.size // P % 3 == 0:  # rare: a detached VMO's content is lost
+                self.expect("pager:detach", None, lambda: self.pager.detach_vmo(v.real))
+                v.detached = True
+            return
+        offset = vs.resolve(at, v.size)
+        length = vs.resolve_length(length, offset, v.size)
+        call = lambda: v.real.op_range(VmoOp[op], offset, length)  # noqa: E731
+        if offset + length > v.size:
+            if op != "DECOMMIT":
+                self.expect(f"pager:{op}", Status.ERR_OUT_OF_RANGE, call)
+            return
+        if op == "DECOMMIT":
+            if length and offset % P == 0 and (length % P == 0 or offset + length == v.size):
+                self.expect("pager:DECOMMIT", Status.ERR_NOT_SUPPORTED, call)
+            return
+        first, end = offset // P, (offset + length + P - 1) // P
+        result = self._call(f"pager:{op}", v, call, fail)
+        if isinstance(result, ZxError) or length == 0:
+            if v.is_root and op == "ZERO":
+                v.may_dirty.update(range(first, end))
+            self._sync_own(v, first, end)
+            return
+        if op == "ZERO":
+            if v.is_root:
+                self._apply_write(v, offset, bytes(length))
+            else:
+                self._zero_child(v, offset, length)
+        elif op == "COMMIT" and not v.is_root:
+            for p in range(first, end):
+                v.own.setdefault(p, v.page(p))
+
+    def _zero_child(self, v: PNode, offset: int, length: int) -> None:
+        end_byte = offset + length
+        first_full, last_full = -(-offset // P), end_byte // P
+        if first_full >= last_full:
+            self._apply_write(v, offset, bytes(length))
+            return
+        if offset % P:
+            self._apply_write(v, offset, bytes(first_full * P - offset))
+        if end_byte % P:
+            self._apply_write(v, last_full * P, bytes(end_byte - last_full * P))
+        # Zeroing through the end of the parent window just cuts the window there.
+        if first_full < v.limit <= last_full:
+            v.limit = first_full
+        for p in range(first_full, last_full):
+            if p < v.limit:
+                v.own[p] = bytes(P)
+            else:
+                v.own.pop(p, None)
+
+    @rule(v=pvmos, npages=st.integers(0, vs.MAX_PAGES + 2))
+    def p_resize(self, v: PNode, npages: int) -> None:
+        if v.closed:
+            return
+        if not v.resizable:
+            self.expect("pager:resize", Status.ERR_UNAVAILABLE, lambda: v.real.set_size(npages * P))
+            return
+        result = self._call("pager:resize", v, lambda: v.real.set_size(npages * P))
+        if isinstance(result, ZxError):
+            return
+        new = npages * P
+        if v.is_root:
+            if new < v.size:
+                del v.content[new:]
+                v.must_dirty = {p for p in v.must_dirty if p < npages}
+                v.may_dirty = {p for p in v.may_dirty if p < npages}
+                for c in v.children:
+                    c.limit = 0 if npages < c.offset else min(c.limit, npages - c.offset)
+            else:
+                v.content.extend(bytes(new - v.size))
+                # Pages past the old end are zero and un-Clean until written back.
+                v.must_dirty.update(range(v.size // P, npages))
+                v.may_dirty.update(range(v.size // P, npages))
+        elif new < v.size:
+            v.own = {p: d for p, d in v.own.items() if p < npages}
+            v.limit = min(v.limit, npages)
+            for c in v.children:
+                c.limit = 0 if npages < c.offset else min(c.limit, npages - c.offset)
+        v.size = new
+
+    @rule(v=consumes(pvmos))
+    def p_close(self, v: PNode) -> None:
+        if v.closed:
+            return
+        self.expect("pager:close", None, v.real.close)
+        v.closed = True
+
+    @rule(v=pvmos, prefix=st.integers(1, 8))
+    def writeback(self, v: PNode, prefix: int) -> None:
+        """Write back the first ``prefix`` dirty ranges, in order, the way a filesystem does."""
+        if v.closed or not v.is_root or v.detached:
+            return
+        ranges = self.expect("pager:query", None,
+                             lambda: self.pager.query_dirty_ranges(v.real, 0, v.size))
+        assert ranges is not None
+        self._check_dirty_ranges(v, ranges)
+        for r in ranges[:prefix]:
+            zero = bool(r.options)
+            self.pager.op_range(PagerOp.WRITEBACK_BEGIN, v.real, r.offset, r.length,
+                                WRITEBACK_BEGIN_ZERO_RANGE if zero else 0)
+            data = bytes(r.length) if zero else v.real.read(r.length, r.offset)
+            if len(v.disk) < r.offset + r.length:
+                v.disk.extend(bytes(r.offset + r.length - len(v.disk)))
+            v.disk[r.offset:r.offset + r.length] = data
+            self.pager.op_range(PagerOp.WRITEBACK_END, v.real, r.offset, r.length)
+            pages = range(r.offset // P, (r.offset + r.length) // P)
+            v.must_dirty.difference_update(pages)
+            v.may_dirty.difference_update(pages)
+            self._count("pager:writeback")
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_dirty_ranges(self, v: PNode, ranges: list[Any]) -> None:
+        reported: set[int] = set()
+        last_end = -1
+        for r in ranges:
+            if r.offset < last_end or r.length <= 0:
+                raise Mismatch(f"dirty ranges overlap or are empty: {ranges}")
+            last_end = r.offset + r.length
+            pages = set(range(r.offset // P, (r.offset + r.length) // P))
+            reported |= pages
+            if r.options and any(v.content[r.offset:r.offset + r.length]):
+                raise Mismatch(f"range {r} reported zero but the model has data there")
+        if not v.must_dirty <= reported:
+            raise Mismatch(f"written pages {sorted(v.must_dirty - reported)} not reported dirty")
+        if not reported <= v.may_dirty:
+            raise Mismatch(f"pages {sorted(reported - v.may_dirty)} reported dirty but never "
+                           "written since their last writeback")
+
+    @invariant()
+    def pager_contents_match(self) -> None:
+        for node in self.pnodes:
+            if node.closed or node.unknown():
+                continue
+            got = self._call("pager:check", node, lambda n=node: n.real.read(n.size, 0))
+            if isinstance(got, ZxError):
+                continue
+            if got != node.read():
+                raise Mismatch(f"pager VMO koid {node.real.koid} content differs from the model")
+            if node.is_root:
+                ranges = self.pager.query_dirty_ranges(node.real, 0, node.size)
+                self._check_dirty_ranges(node, ranges)
