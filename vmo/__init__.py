@@ -7,6 +7,7 @@ is documented in docs/API.md; `vmo.debug` validates, dumps and draws hierarchies
 from vmo import debug
 from vmo.errors import InvariantError, Status, ZxError
 from vmo.kernel import Kernel
+from vmo.mapping import FaultStats, Mapping
 from vmo.pager import (
     WRITEBACK_BEGIN_ZERO_RANGE,
     DirtyRange,
@@ -44,8 +45,10 @@ __all__ = [
     "PagerVmoStats",
     "ChildOptions",
     "InvariantError",
+    "FaultStats",
     "Kernel",
     "LockState",
+    "Mapping",
     "MemoryStats",
     "Perms",
     "PinnedRange",

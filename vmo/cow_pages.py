@@ -482,8 +482,13 @@ class CowPages:
                 if src.traps_dirty:
                     self._prepare_for_write_locked(off, want)
                     raise AssertionError("a trapped dirty transition must raise NeedPages")
-            new = self._alloc_locked(1, zero=False)[0]
-            self.pmm.copy_frame(new, frame)
+            if frame == ZERO_FRAME:
+                # A frame never handed out is zero already: skip the copy (a write fault of a
+                # mapping may never touch the frame's bytes at all).
+                new = self._alloc_locked(1, zero=True)[0]
+            else:
+                new = self._alloc_locked(1, zero=False)[0]
+                self.pmm.copy_frame(new, frame)
             if self.is_source_preserving():
                 self.pmm.dirty[new] = DirtyState.DIRTY
                 self._consider_trim_awaiting_clean_zero_range_locked(off)

@@ -235,6 +235,11 @@ class Kernel:
         """Close every VMO and free the arena. Further calls fail with ``ERR_BAD_HANDLE``."""
         if self.closed:
             return
+        # Mappings first: unmap them all (waking any thread waiting on a fault with an error)
+        # and stop the fault handler, which reads the arena.
+        from vmo import mapping
+
+        mapping.shutdown(self)
         for v in reversed(self.live_vmos()):
             try:
                 v.close()

@@ -16,7 +16,7 @@ from vmo import _args
 from vmo.cow_pages import CowPages, DiscardableState, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE
-from vmo.types import ChildOptions, LockState, VmoInfo, VmoInfoFlags, VmoOp
+from vmo.types import ChildOptions, LockState, Perms, VmoInfo, VmoInfoFlags, VmoOp
 
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
@@ -343,6 +343,47 @@ class Vmo:
     @property
     def writable(self) -> bool:
         return self._writable
+
+    # ---------------------------------------------------------------- mappings
+
+    def map(self, offset: int = 0, length: int | None = None,
+            perms: Perms = Perms.READ | Perms.WRITE, *,
+            fault_around: int | None = None) -> Mapping:
+        """Map ``[offset, offset + length)`` (default: to the end) into this process
+        (``zx_vmar_map``); see `vmo.Mapping`.
+
+        ``fault_around``: pages a fault may install at once (the aligned block containing the
+        faulting page; default `vmo.mapping.DEFAULT_FAULT_AROUND`, 1 for one page per fault).
+        Errors: ``ERR_INVALID_ARGS`` (unaligned or empty range, WRITE without READ),
+        ``ERR_OUT_OF_RANGE``, ``ERR_ACCESS_DENIED`` (WRITE on a VMO without write rights),
+        ``ERR_NOT_SUPPORTED`` (no userfaultfd on this machine).
+        """
+        from vmo import mapping
+
+        self._check_open()
+        offset = _args.u64("offset", offset)
+        if length is not None:
+            length = _args.u64("length", length)
+        perms = _args.flags("perms", perms, Perms)
+        around = mapping.check_fault_around(fault_around)
+        _args.aligned("offset", offset)
+        if length is not None:
+            _args.aligned("length", length)
+            if length == 0:
+                raise ZxError(Status.ERR_INVALID_ARGS, "cannot map an empty range")
+        with self._hier.lock:
+            self._check_open()
+            size = self._size()
+            if length is None:
+                if offset >= size:
+                    raise ZxError(Status.ERR_OUT_OF_RANGE if offset > size
+                                  else Status.ERR_INVALID_ARGS,
+                                  f"nothing to map from offset {offset:#x} of a VMO of "
+                                  f"{size:#x} bytes")
+                length = size - offset
+            _args.in_range("map", offset, length, size)
+        mapping._check_perms(perms, self)
+        return mapping.map_vmo(self, offset, length, perms, around)
 
     # ---------------------------------------------------------------- pinning
 

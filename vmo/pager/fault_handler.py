@@ -1,0 +1,552 @@
+"""Window memory and the fault handler thread that serves userfaultfd faults on it.
+
+A *window* is the memory one mapping shows (crosvm's staging memory plays the same part): a
+``MAP_SHARED`` memfd ``W`` of the mapping's length. The *faulting mapping* of ``W`` -- in this
+process or in a workload process -- is registered with a userfaultfd for missing and
+write-protect faults, so every first access and every store to a read-only page stops until the
+handler resolves it. This process also maps ``W`` a second time, unregistered: the *alias*,
+through which the server reads and writes window pages without taking faults.
+
+Per window page the server keeps one state byte (`ABSENT`, `READ_ONLY`, `WRITABLE`,
+`POISONED`) and the frame number it is a copy of, in two flat arrays (``state``, ``frames``)
+indexed by page, like ``vm_page_t``: no Python object per page. What the states *mean* for the
+VMO (which copy is authoritative) is `vmo.mapping`'s business; this module only provides the
+memory operations, each on a run of pages:
+
+- `Window.fill`: ``UFFDIO_COPY`` from any address into absent pages (write-protected or not);
+- `Window.protect`: ``UFFDIO_WRITEPROTECT`` set or clear (clearing wakes stores waiting on it);
+- `Window.punch`: ``fallocate(PUNCH_HOLE)`` on ``W``, which zaps the pages from every mapping of
+  ``W`` so that the next access faults again;
+- `Window.poison`: ``UFFDIO_POISON``, so that the next access gets SIGBUS (a failed fault);
+- `Window.kill`: punch and poison the whole window (the mapping is gone).
+
+Facts of the kernel this relies on (checked by ``tests/test_mapping.py``): a punched page that
+was write-protected leaves a uffd-wp marker in the page table; the next access to it is a
+*missing* fault and ``UFFDIO_COPY`` fills it; ``UFFDIO_POISON`` refuses to overwrite such a
+marker, so `Window.poison` clears write protection (which drops markers) first. A poison marker
+survives a punch; ``MADV_DONTNEED`` on the faulting mapping removes it.
+
+`FaultHandler` is the thread that polls every window's userfaultfd (and any other descriptor a
+user *watches*, such as a workload's pidfd), reads fault messages in batches and hands each to
+the window's `FaultSink`. Work that must wait (a page request to a pager) goes to a short-lived
+worker thread through `FaultHandler.defer`, so the handler keeps serving other faults.
+
+The hot path calls the compiled binding (``vmo.pager._uffd_cffi``) directly with argument
+structs allocated once per window: a fault costs one ``read(2)``, one ``ioctl`` and no Python
+allocation beyond small integers. The preallocated structs make `fill`/`protect` unsafe to call
+concurrently on one window: callers serialise them (`vmo.mapping` holds its manager lock).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import mmap
+import os
+import select
+import threading
+import time
+import traceback
+from array import array
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from vmo.pager import uffd
+from vmo.pager._uffd_cffi import ffi, lib
+
+PAGE_SIZE = uffd.PAGE_SIZE
+
+# Window page states.
+ABSENT = 0  # nothing mapped: the next access is a missing fault
+READ_ONLY = 1  # a write-protected copy of frames[page] (0: zeros)
+WRITABLE = 2  # checked out: the window page is authoritative, frames[page] is stale
+POISONED = 3  # a failed fault: accesses get SIGBUS until the faulting side clears it
+
+#: Features every window's userfaultfd needs: write protection on shmem and poisoning.
+REQUIRED_FEATURES = uffd.Feature.WP_HUGETLBFS_SHMEM | uffd.Feature.POISON
+
+_PAGEFAULT = lib.UFFD_EVENT_PAGEFAULT
+_FLAG_WRITE = lib.UFFD_PAGEFAULT_FLAG_WRITE
+_FLAG_WP = lib.UFFD_PAGEFAULT_FLAG_WP
+_READ_BATCH = lib.VMO_UFFD_READ_MAX
+
+
+def unavailable_reason() -> str | None:
+    """Why mappings cannot work here (no userfaultfd, or a kernel without the features), or
+    None."""
+    try:
+        api = uffd.kernel_api()
+    except OSError as exc:
+        return f"userfaultfd is unavailable (needs root or access to /dev/userfaultfd): {exc}"
+    lacking = uffd.Feature(int(REQUIRED_FEATURES) & ~int(api.supported))
+    if lacking:
+        return f"the kernel's userfaultfd lacks {lacking!r}"
+    return None
+
+
+class Window:
+    """The window memfd of one mapping, its alias here, and its per-page state.
+
+    ``address`` is where the faulting mapping lives in the process that registered it (this
+    one for local mappings), ``uffd_fd`` that process's userfaultfd, owned by this object once
+    `attach` is called. Page arguments are window page indices.
+    """
+
+    def __init__(self, length: int, name: str = "vmo-window") -> None:
+        assert length > 0 and length % PAGE_SIZE == 0
+        self.length = length
+        self.npages = length // PAGE_SIZE
+        self.fd = uffd.memfd_create(name)
+        try:
+            os.ftruncate(self.fd, length)
+            self._alias = mmap.mmap(self.fd, length, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.alias = memoryview(self._alias)
+        self.address = 0
+        self.uffd_fd = -1
+        self.local_address = 0  # the faulting mapping, when it is in this process
+        self.state = bytearray(self.npages)
+        self.frames = array("q", bytes(8 * self.npages))
+        self.closed = False
+        # Argument structs of the hot ioctls (see the module docstring).
+        self._copy = ffi.new("struct uffdio_copy *")
+        self._wp = ffi.new("struct uffdio_writeprotect *")
+
+    def __repr__(self) -> str:
+        return f"<Window {self.npages} pages at {self.address:#x} uffd={self.uffd_fd}>"
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def map_here(self, prot: int) -> int:
+        """Map ``W`` in this process (the faulting mapping of a local mapping); returns the
+        address. Not registered yet: see `register_here`."""
+        self.local_address = uffd.mmap(0, self.length, prot, uffd.MAP_SHARED, self.fd)
+        return self.local_address
+
+    def register_here(self) -> None:
+        """Create this process's userfaultfd for the local faulting mapping and register it."""
+        u = uffd.Userfaultfd()
+        try:
+            u.api(required=REQUIRED_FEATURES)
+            u.register(self.local_address, self.length, missing=True, wp=True)
+        except BaseException:
+            u.close()
+            raise
+        fd = u.fileno()
+        u._fd = -1  # ownership moves to this window
+        self.attach(self.local_address, fd)
+
+    def attach(self, address: int, uffd_fd: int) -> None:
+        """Adopt the userfaultfd ``uffd_fd`` on which ``[address, address + length)`` of some
+        process is registered (missing and write-protect) over a mapping of ``W``."""
+        self.address = address
+        self.uffd_fd = uffd_fd
+
+    # -- memory operations (callers serialise them per window) ----------------------------------
+
+    def fill(self, page: int, src: int, count: int, wp: bool) -> None:
+        """``UFFDIO_COPY`` ``count`` pages from address ``src`` into the absent pages from
+        ``page``, write-protected with ``wp``, waking the threads waiting on them.
+
+        The caller believes the pages absent. One found present anyway (nothing should put it
+        there, but its content would be unknown) is punched out and filled again.
+
+        Errors: OSError (e.g. ESRCH: the registering process has exited); PageExistsError if
+        a page stays present after the punch (a poison marker)."""
+        arg = self._copy
+        dst = self.address + page * PAGE_SIZE
+        end = dst + count * PAGE_SIZE
+        mode = lib.UFFDIO_COPY_MODE_WP if wp else 0
+        punched = -1
+        while dst < end:
+            arg.dst = dst
+            arg.src = src
+            arg.len = end - dst
+            arg.mode = mode
+            arg.copy = 0
+            if lib.vmo_ioctl_ptr(self.uffd_fd, lib.UFFDIO_COPY, arg) == 0:
+                return
+            err = ffi.errno
+            done = int(arg.copy)
+            if done > 0:
+                done -= done % PAGE_SIZE
+                dst += done
+                src += done
+                continue
+            if err == errno.EEXIST and punched != dst:
+                punched = dst
+                self.punch((dst - self.address) // PAGE_SIZE, 1)
+                continue
+            if err == errno.EEXIST:
+                raise uffd.PageExistsError("UFFDIO_COPY", dst)
+            if err == errno.EAGAIN:
+                continue
+            raise OSError(err, f"UFFDIO_COPY at {dst:#x}: {os.strerror(err)}")
+
+    def protect(self, page: int, count: int, wp: bool, *, dontwake: bool = False,
+                shared: bool = True) -> None:
+        """Set or clear write protection of ``count`` pages (clearing wakes stores waiting on
+        them unless ``dontwake``). ``shared=False`` uses a fresh argument struct, for callers
+        that do not hold the lock serialising this window's hot operations. Errors: OSError."""
+        arg = self._wp if shared else ffi.new("struct uffdio_writeprotect *")
+        arg.range.start = self.address + page * PAGE_SIZE
+        arg.range.len = count * PAGE_SIZE
+        arg.mode = (lib.UFFDIO_WRITEPROTECT_MODE_WP if wp else 0) | (
+            lib.UFFDIO_WRITEPROTECT_MODE_DONTWAKE if dontwake else 0)
+        if lib.vmo_ioctl_ptr(self.uffd_fd, lib.UFFDIO_WRITEPROTECT, arg) != 0:
+            err = ffi.errno
+            raise OSError(err, f"UFFDIO_WRITEPROTECT at page {page}: {os.strerror(err)}")
+
+    def punch(self, page: int, count: int) -> None:
+        """Drop ``count`` pages from ``W`` and from every mapping of it."""
+        uffd.fallocate_punch_hole(self.fd, page * PAGE_SIZE, count * PAGE_SIZE)
+
+    def wake(self, page: int, count: int = 1) -> None:
+        """Wake threads waiting on faults in ``count`` pages (they retry the access)."""
+        arg = ffi.new("struct uffdio_range *")
+        arg.start = self.address + page * PAGE_SIZE
+        arg.len = count * PAGE_SIZE
+        if lib.vmo_ioctl_ptr(self.uffd_fd, lib.UFFDIO_WAKE, arg) != 0:
+            err = ffi.errno
+            raise OSError(err, f"UFFDIO_WAKE at page {page}: {os.strerror(err)}")
+
+    def poison(self, page: int, count: int = 1) -> None:
+        """Make accesses to ``count`` absent pages fail with SIGBUS, waking their waiters.
+
+        Clears write protection first: a punched, write-protected page leaves a marker that
+        ``UFFDIO_POISON`` will not overwrite. A page that is present is skipped."""
+        self.protect(page, count, False, dontwake=True, shared=False)
+        arg = ffi.new("struct uffdio_poison *")
+        start = self.address + page * PAGE_SIZE
+        end = start + count * PAGE_SIZE
+        while start < end:
+            arg.range.start = start
+            arg.range.len = end - start
+            arg.mode = 0
+            arg.updated = 0
+            if lib.vmo_ioctl_ptr(self.uffd_fd, lib.UFFDIO_POISON, arg) == 0:
+                return
+            err = ffi.errno
+            done = int(arg.updated)
+            if done > 0:
+                start += done - done % PAGE_SIZE
+            elif err == errno.EEXIST:
+                start += PAGE_SIZE
+            elif err != errno.EAGAIN:
+                raise OSError(err, f"UFFDIO_POISON at {start:#x}: {os.strerror(err)}")
+
+    def kill(self) -> None:
+        """The mapping is gone: every later access to the faulting mapping gets SIGBUS, and
+        threads waiting on faults wake up to it. Best effort (the registering process may
+        have exited)."""
+        if self.uffd_fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            self.punch(0, self.npages)
+        try:
+            self.poison(0, self.npages)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.wake(0, self.npages)
+
+    def kill_page(self, page: int) -> None:
+        """As `kill`, for one page (a fault that raced with the teardown)."""
+        try:
+            self.punch(page, 1)
+            self.poison(page, 1)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.wake(page, 1)
+
+    def clear_poison_here(self, page: int) -> None:
+        """Remove the poison of one page of the local faulting mapping (``MADV_DONTNEED``):
+        the next access faults again."""
+        if self.local_address:
+            uffd.madvise(self.local_address + page * PAGE_SIZE, PAGE_SIZE, uffd.MADV_DONTNEED)
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    def unmap_here(self) -> None:
+        """Unmap the local faulting mapping. Safety: no thread may be using it."""
+        if self.local_address:
+            addr, self.local_address = self.local_address, 0
+            uffd.munmap(addr, self.length)
+
+    def close(self) -> None:
+        """Release the alias and ``W`` (the userfaultfd is closed by the handler)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.alias.release()
+        with contextlib.suppress(BufferError):  # a view still alive somewhere: freed with it
+            self._alias.close()
+        os.close(self.fd)
+
+
+class FaultSink(Protocol):
+    """What the handler calls with the faults of one userfaultfd."""
+
+    def on_fault(self, address: int, write: bool, wp: bool) -> None: ...
+
+    def on_uffd_error(self, err: int) -> None: ...
+
+
+class FaultHandler:
+    """The thread that reads every registered userfaultfd and dispatches its faults.
+
+    `add`/`remove` userfaultfds, `watch`/`unwatch` other descriptors (a callback runs on the
+    handler thread when one polls readable or hung up), `defer` blocking work to a worker.
+    All of these may be called from any thread, the handler's own included; changes take
+    effect before the handler polls again. The handler closes the userfaultfds it is given.
+
+    ``busy_poll`` (seconds): after serving faults from a descriptor, keep reading it without
+    sleeping for that long; a thread that touches memory sequentially faults again within
+    microseconds, and catching that without a sleep and wake-up of the handler roughly doubles
+    the faults served per second. 0 disables it.
+    """
+
+    def __init__(self, name: str = "vmo-fault-handler", *, busy_poll: float = 50e-6) -> None:
+        self.name = name
+        self.busy_poll = busy_poll
+        self._poll = select.poll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._sinks: dict[int, FaultSink] = {}
+        self._watches: dict[int, Callable[[int, int], None]] = {}
+        self._ops: collections.deque[tuple[str, int, Any]] = collections.deque()
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._workers: set[threading.Thread] = set()
+        self._workers_lock = threading.Lock()
+        #: Exceptions raised by sinks, watch callbacks or deferred work (the most recent 32).
+        self.errors: collections.deque[str] = collections.deque(maxlen=32)
+        self.events_read = 0
+        self.wakeups = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<FaultHandler {self.name} {len(self._sinks)} uffds>"
+
+    @property
+    def on_handler_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    # -- control (any thread) -------------------------------------------------------------------
+
+    def _post(self, op: str, fd: int, arg: Any = None) -> None:
+        if self.on_handler_thread:
+            self._apply(op, fd, arg)
+            return
+        if self._stopped.is_set():
+            # Nobody polls any more: apply here (only closes remain to be done).
+            self._apply(op, fd, arg)
+            return
+        self._ops.append((op, fd, arg))
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def add(self, uffd_fd: int, sink: FaultSink) -> None:
+        """Serve the faults of ``uffd_fd`` with ``sink`` (the handler now owns the fd)."""
+        self._post("add", uffd_fd, sink)
+
+    def remove(self, uffd_fd: int, then: Callable[[], None] | None = None) -> None:
+        """Stop serving ``uffd_fd``, close it, then call ``then()`` on the handler thread.
+        Closing wakes every thread still waiting on a fault in its ranges. Once ``then`` runs,
+        no sink call for ``uffd_fd`` is in progress or will follow."""
+        self._post("remove", uffd_fd, then)
+
+    def watch(self, fd: int, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(fd, revents)`` on the handler thread when ``fd`` polls readable or
+        hung up. The caller keeps owning ``fd``; `unwatch` it before closing it."""
+        self._post("watch", fd, callback)
+
+    def unwatch(self, fd: int) -> None:
+        self._post("unwatch", fd)
+
+    def defer(self, fn: Callable[[], None], name: str = "vmo-fault-worker") -> None:
+        """Run ``fn`` on a worker thread (for faults that must wait for a page source)."""
+        def run() -> None:
+            try:
+                fn()
+            except BaseException:  # noqa: BLE001 - reported, never lost
+                self.errors.append(traceback.format_exc())
+            finally:
+                with self._workers_lock:
+                    self._workers.discard(t)
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        with self._workers_lock:
+            self._workers.add(t)
+        t.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and close every userfaultfd still registered. Deferred work is not
+        waited for (it finds its mapping gone when it wakes)."""
+        if not self._stopping:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+        if not self.on_handler_thread:
+            self._thread.join(timeout)
+        self._stopped.set()
+        while self._ops:
+            op, fd, arg = self._ops.popleft()
+            self._apply(op, fd, arg)
+        for fd in list(self._sinks):
+            self._apply("remove", fd, None)
+        self._watches.clear()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def join_workers(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for deferred work; returns whether none is left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._workers_lock:
+                workers = list(self._workers)
+            if not workers:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            workers[0].join(remaining)
+
+    # -- the thread -----------------------------------------------------------------------------
+
+    def _apply(self, op: str, fd: int, arg: Any) -> None:
+        if op == "add":
+            self._sinks[fd] = arg
+            self._register(fd, select.POLLIN)
+        elif op == "remove":
+            if self._sinks.pop(fd, None) is not None:
+                self._unregister(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if arg is not None:
+                try:
+                    arg()
+                except BaseException:  # noqa: BLE001
+                    self.errors.append(traceback.format_exc())
+        elif op == "watch":
+            self._watches[fd] = arg
+            self._register(fd, select.POLLIN | select.POLLRDHUP)
+        elif op == "unwatch" and self._watches.pop(fd, None) is not None:
+            self._unregister(fd)
+
+    def _register(self, fd: int, events: int) -> None:
+        if not self._stopped.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                self._poll.register(fd, events)
+
+    def _unregister(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._poll.unregister(fd)
+
+    def _drain_ops(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError:
+            pass
+        while self._ops:
+            op, fd, arg = self._ops.popleft()
+            self._apply(op, fd, arg)
+
+    def _run(self) -> None:
+        buf = ffi.new("struct vmo_uffd_event[]", _READ_BATCH)
+        read_events = lib.vmo_uffd_read_events
+        sinks = self._sinks
+        poll = self._poll.poll
+        wake_r = self._wake_r
+        try:
+            while not self._stopping:
+                ready = poll()
+                self.wakeups += 1
+                for fd, revents in ready:
+                    if fd == wake_r:
+                        self._drain_ops()
+                        continue
+                    sink = sinks.get(fd)
+                    if sink is not None:
+                        self._serve(fd, sink, buf, read_events, revents)
+                        continue
+                    callback = self._watches.get(fd)
+                    if callback is not None:
+                        try:
+                            callback(fd, revents)
+                        except BaseException:  # noqa: BLE001
+                            self.errors.append(traceback.format_exc())
+                    elif revents & select.POLLNVAL:
+                        self._unregister(fd)
+                    if self._stopping:
+                        break
+        finally:
+            self._stopped.set()
+
+    def _serve(self, fd: int, sink: FaultSink, buf: Any, read_events: Any, revents: int) -> None:
+        if revents & (select.POLLERR | select.POLLNVAL) and not revents & select.POLLIN:
+            # A userfaultfd reports POLLERR only when it is unusable (e.g. not blocking-safe).
+            # It stays a sink (closed by `remove`) but is no longer polled.
+            self._unregister(fd)
+            self._notify_error(sink, errno.EBADF)
+            return
+        deadline = 0.0
+        while True:
+            n = read_events(fd, buf, _READ_BATCH)
+            if n < 0:
+                err = ffi.errno
+                if err != errno.EAGAIN:
+                    self._unregister(fd)
+                    self._notify_error(sink, err)
+                    return
+                if self.busy_poll <= 0 or self._ops or self._stopping:
+                    return
+                # Nothing pending: spin briefly, the faulting thread is probably about to fault
+                # again (see the class docstring).
+                now = time.perf_counter()
+                if deadline == 0.0:
+                    deadline = now + self.busy_poll
+                elif now >= deadline:
+                    return
+                continue
+            deadline = 0.0
+            self.events_read += n
+            for i in range(n):
+                e = buf[i]
+                if e.event != _PAGEFAULT:
+                    continue  # no non-cooperative event is enabled on our descriptors
+                flags = e.flags
+                try:
+                    sink.on_fault(e.arg0, bool(flags & _FLAG_WRITE), bool(flags & _FLAG_WP))
+                except BaseException:  # noqa: BLE001 - the sink failed; keep serving
+                    self.errors.append(traceback.format_exc())
+            if self._sinks.get(fd) is not sink:
+                return
+
+    def _notify_error(self, sink: FaultSink, err: int) -> None:
+        try:
+            sink.on_uffd_error(err)
+        except BaseException:  # noqa: BLE001
+            self.errors.append(traceback.format_exc())
+
+
+__all__ = [
+    "ABSENT",
+    "POISONED",
+    "READ_ONLY",
+    "REQUIRED_FEATURES",
+    "WRITABLE",
+    "FaultHandler",
+    "FaultSink",
+    "Window",
+    "unavailable_reason",
+]
