@@ -50,6 +50,7 @@ either ever waits for a fault: in-process accessors copy with the GIL released a
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import signal
 import threading
@@ -480,14 +481,29 @@ class MappingManager:
                 return source, request
             except ZxError as e:
                 self._fail_locked(m, page, e.status)
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    # The workload process that registered the window has exited: drop the
+                    # mapping (its checked-out pages are recalled from the window first).
+                    self._teardown(m)
+                else:
+                    self._internal_error(m, page)
             except Exception:
-                # A bug: the faulting thread gets an error rather than a hang; the handler
-                # records the traceback and keeps serving.
-                import traceback
-
-                self.handler.errors.append(traceback.format_exc())
-                self._fail_locked(m, page, Status.ERR_INTERNAL)
+                self._internal_error(m, page)
         return None
+
+    def _internal_error(self, m: Mapping, page: int) -> None:
+        """A bug: the faulting thread gets ``ERR_INTERNAL`` rather than a hang; the handler
+        records the traceback (``handler.errors``) and keeps serving."""
+        import traceback
+
+        self.handler.errors.append(traceback.format_exc())
+        try:
+            self._fail_locked(m, page, Status.ERR_INTERNAL)
+        except Exception:  # noqa: BLE001 - last resort: let the access retry
+            self.handler.errors.append(traceback.format_exc())
+            with contextlib.suppress(OSError):
+                m._win.wake(page)
 
     def _defer(self, m: Mapping, page: int, write: bool,
                wait: tuple[Any, Request]) -> None:
@@ -1146,6 +1162,37 @@ def check_fault_around(value: Any) -> int | None:
     return value
 
 
+def check_map_args(vmo: Vmo, offset: Any, length: Any, perms: Any,
+                   fault_around: Any) -> tuple[int, int, Perms, int | None]:
+    """`Vmo.map`'s argument checks, in Zircon's order: the handle, then alignment and an
+    empty range (``ERR_INVALID_ARGS``), then the range (``ERR_OUT_OF_RANGE``), then rights
+    (``ERR_ACCESS_DENIED``). Returns ``(offset, length, perms, fault_around)``."""
+    vmo._check_open()
+    offset = _args.u64("offset", offset)
+    if length is not None:
+        length = _args.u64("length", length)
+    perms = _args.flags("perms", perms, Perms)
+    around = check_fault_around(fault_around)
+    _args.aligned("offset", offset)
+    if length is not None:
+        _args.aligned("length", length)
+        if length == 0:
+            raise ZxError(Status.ERR_INVALID_ARGS, "cannot map an empty range")
+    with vmo._hier.lock:
+        vmo._check_open()
+        size = vmo.cow.size * PAGE_SIZE
+        if length is None:
+            if offset >= size:
+                raise ZxError(Status.ERR_OUT_OF_RANGE if offset > size
+                              else Status.ERR_INVALID_ARGS,
+                              f"nothing to map from offset {offset:#x} of a VMO of "
+                              f"{size:#x} bytes")
+            length = size - offset
+        _args.in_range("map", offset, length, size)
+    _check_perms(perms, vmo)
+    return offset, length, perms, around
+
+
 def map_vmo(vmo: Vmo, offset: int, length: int, perms: Perms,
             fault_around: int | None) -> Mapping:
     """`Vmo.map` after its argument checks."""
@@ -1180,6 +1227,7 @@ __all__ = [
     "FaultStats",
     "Mapping",
     "MappingManager",
+    "check_map_args",
     "manager_for",
     "map_vmo",
     "shutdown",

@@ -360,29 +360,8 @@ class Vmo:
         """
         from vmo import mapping
 
-        self._check_open()
-        offset = _args.u64("offset", offset)
-        if length is not None:
-            length = _args.u64("length", length)
-        perms = _args.flags("perms", perms, Perms)
-        around = mapping.check_fault_around(fault_around)
-        _args.aligned("offset", offset)
-        if length is not None:
-            _args.aligned("length", length)
-            if length == 0:
-                raise ZxError(Status.ERR_INVALID_ARGS, "cannot map an empty range")
-        with self._hier.lock:
-            self._check_open()
-            size = self._size()
-            if length is None:
-                if offset >= size:
-                    raise ZxError(Status.ERR_OUT_OF_RANGE if offset > size
-                                  else Status.ERR_INVALID_ARGS,
-                                  f"nothing to map from offset {offset:#x} of a VMO of "
-                                  f"{size:#x} bytes")
-                length = size - offset
-            _args.in_range("map", offset, length, size)
-        mapping._check_perms(perms, self)
+        offset, length, perms, around = mapping.check_map_args(self, offset, length, perms,
+                                                               fault_around)
         return mapping.map_vmo(self, offset, length, perms, around)
 
     # ---------------------------------------------------------------- pinning

@@ -368,6 +368,11 @@ class FaultHandler:
     def unwatch(self, fd: int) -> None:
         self._post("unwatch", fd)
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` on the handler thread after the changes posted before it (e.g. close
+        a watched descriptor once the handler no longer polls it)."""
+        self._post("call", -1, fn)
+
     def defer(self, fn: Callable[[], None], name: str = "vmo-fault-worker") -> None:
         """Run ``fn`` on a worker thread (for faults that must wait for a page source)."""
         def run() -> None:
@@ -439,6 +444,11 @@ class FaultHandler:
             self._register(fd, select.POLLIN | select.POLLRDHUP)
         elif op == "unwatch" and self._watches.pop(fd, None) is not None:
             self._unregister(fd)
+        elif op == "call":
+            try:
+                arg()
+            except BaseException:  # noqa: BLE001
+                self.errors.append(traceback.format_exc())
 
     def _register(self, fd: int, events: int) -> None:
         if not self._stopped.is_set():

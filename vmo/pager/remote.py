@@ -1,0 +1,577 @@
+"""Workloads in other processes: mapped VMOs touched with plain loads and stores.
+
+In this process a thread that touches a mapped page while holding the GIL would deadlock the
+fault handler, which needs the GIL (see `vmo.mapping`). A *workload process* has no such limit:
+it receives mappings of VMOs and touches them with ``memoryview``, numpy or ctypes, while the
+fault handler here serves every fault. The protocol, and who owns what:
+
+1. `Workload` spawns a fresh interpreter (``python -m vmo.pager.remote``, through
+   ``subprocess``: never a fork of this threaded process) connected by a unix socket.
+2. `Workload.map` creates the mapping's window memfd here and sends it (``SCM_RIGHTS``). The
+   workload maps it ``MAP_SHARED``, creates *its own* userfaultfd (a userfaultfd serves the
+   address space of the process that created it), registers the mapping for missing and
+   write-protect faults, and sends the userfaultfd back. It keeps no copy: from then on only
+   this process reads its faults, and closing it here releases the workload's faults.
+3. `Workload.run` calls ``target(ctx, *args)`` in the workload (``target`` is a module-level
+   function, or ``"module:function"``; this process's ``sys.path`` is passed on). ``ctx`` is a
+   `WorkloadContext`: ``ctx.mappings[name]`` is a `RemoteView` of each mapping. The return
+   value (or the exception's traceback) comes back pickled.
+
+Coherence is the same as for mappings here: a load in the workload returns what ``vmo.read``
+returns, and a store is visible to ``vmo.read`` and every other mapping, because every page the
+workload touches goes through the same fault handler, windows and reverse map.
+
+Failures. A fault that cannot be resolved (a pager error, a discarded VMO, an offset past the
+end of a shrunk VMO, an unmapped mapping) poisons the page: the workload's access gets SIGBUS,
+which kills a process that touches memory with plain loads (as a real page fault that fails
+would), or raises `vmo.pager.uffd.MemoryFault` from the ``*_checked`` accessors of `RemoteView`.
+In the workload a poisoned page stays poisoned (this process cannot clear it there).
+
+A workload that dies -- SIGKILL in the middle of a fault included -- leaves the kernel intact:
+this process watches its pidfd, and when it exits, unmaps its mappings as `Mapping.unmap` does
+(pages checked out for writing are recalled from the window first, so stores made before the
+death are in the VMO) and closes every descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vmo.errors import Status, ZxError
+from vmo.types import Perms
+
+if TYPE_CHECKING:
+    from vmo.kernel import Kernel
+    from vmo.mapping import Mapping
+    from vmo.vm_object import Vmo
+
+_HEADER = struct.Struct("<I")
+_MAX_FDS = 4
+
+
+class RemoteError(Exception):
+    """The workload's target raised; ``traceback`` is its formatted traceback."""
+
+    def __init__(self, message: str, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback_text
+
+
+class _Channel:
+    """Length-prefixed pickled messages over a stream socket, with descriptors attached.
+
+    A message that carries descriptors says how many (``nfds``); they are taken, in order,
+    from the ancillary data received with the stream.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+        self._fds: list[int] = []
+        self._send_lock = threading.Lock()
+
+    def send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _HEADER.pack(len(body)) + body
+        with self._send_lock:
+            if fds:
+                sent = socket.send_fds(self.sock, [data], fds)
+                data = data[sent:]
+            if data:
+                self.sock.sendall(data)
+
+    def recv(self, timeout: float | None = None) -> tuple[dict[str, Any], list[int]]:
+        """The next message and its descriptors. Raises EOFError when the peer is gone and
+        TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if len(self._buf) >= _HEADER.size:
+                (n,) = _HEADER.unpack_from(self._buf)
+                if len(self._buf) >= _HEADER.size + n:
+                    body = bytes(self._buf[_HEADER.size: _HEADER.size + n])
+                    del self._buf[: _HEADER.size + n]
+                    msg = pickle.loads(body)
+                    k = int(msg.get("nfds", 0))
+                    fds, self._fds = self._fds[:k], self._fds[k:]
+                    return msg, fds
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("no message from the peer in time")
+                self.sock.settimeout(remaining)
+            else:
+                self.sock.settimeout(None)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, _MAX_FDS)
+            except TimeoutError:
+                raise TimeoutError("no message from the peer in time") from None
+            except OSError as e:
+                raise EOFError(f"the peer is gone: {e}") from e
+            self._fds.extend(fds)
+            if not data:
+                raise EOFError("the peer closed the connection")
+            self._buf += data
+
+    def close(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self.sock.close()
+
+
+def _target_name(target: Callable[..., Any] | str) -> str:
+    if isinstance(target, str):
+        if ":" not in target:
+            raise ZxError(Status.ERR_INVALID_ARGS,
+                          f"target {target!r} must look like 'package.module:function'")
+        return target
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"target {target!r} must be a module-level function")
+    if module == "__main__":
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      "a target defined in __main__ cannot be imported by the workload; "
+                      "put it in a module")
+    return f"{module}:{qualname}"
+
+
+# ============================================================================ this process
+
+
+class Workload:
+    """A workload process that touches mapped VMOs with plain loads and stores.
+
+    ::
+
+        with vmo.pager.remote.Workload(k) as w:
+            w.map(v, name="data")
+            total = w.run("mypackage.jobs:checksum", "data")
+
+    ``timeout`` bounds every exchange with the process (start, map, and `run` unless given
+    its own). The process inherits this one's environment and ``sys.path``; ``env`` adds to it.
+    """
+
+    def __init__(self, kernel: Kernel, *, timeout: float = 30.0,
+                 env: dict[str, str] | None = None) -> None:
+        from vmo import mapping
+        from vmo.pager.fault_handler import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            raise ZxError(Status.ERR_NOT_SUPPORTED, reason)
+        kernel._check_open()
+        self.kernel = kernel
+        self.timeout = timeout
+        mgr = mapping.manager_for(kernel)
+        assert mgr is not None
+        self._mgr = mgr
+        self._mappings: dict[int, Mapping] = {}
+        self._names: dict[str, Mapping] = {}
+        self._lock = threading.RLock()
+        self._running = False
+        self._closed = False
+        self.exited = threading.Event()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_env = dict(os.environ)
+        paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+        child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        if env:
+            child_env.update(env)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vmo.pager.remote", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=child_env, close_fds=True)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        theirs.close()
+        self._chan = _Channel(ours)
+        self.pid = self.process.pid
+        self._pidfd = os.pidfd_open(self.pid)
+        # The handler thread tells us when the process exits, whatever it is doing.
+        mgr.handler.watch(self._pidfd, self._on_exit)
+        try:
+            hello, _ = self._chan.recv(timeout)
+        except (EOFError, TimeoutError) as e:
+            self.close()
+            raise ZxError(Status.ERR_PEER_CLOSED, f"the workload process did not start: {e}") \
+                from None
+        if hello.get("op") != "hello":
+            self.close()
+            raise ZxError(Status.ERR_INTERNAL, f"unexpected first message {hello!r}")
+
+    def __repr__(self) -> str:
+        state = "exited" if self.exited.is_set() else "running"
+        return f"<Workload pid={self.pid} {state}, {len(self._mappings)} mappings>"
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.is_set() and self.process.poll() is None
+
+    @property
+    def mappings(self) -> dict[str, Mapping]:
+        """The live mappings, by name."""
+        return {n: m for n, m in self._names.items() if not m.unmapped}
+
+    # -- mapping ----------------------------------------------------------------------------
+
+    def map(self, vmo: Vmo, offset: int = 0, length: int | None = None,
+            perms: Perms = Perms.READ | Perms.WRITE, *, name: str | None = None,
+            fault_around: int | None = None) -> Mapping:
+        """Map ``[offset, offset + length)`` of ``vmo`` into the workload; ``ctx.mappings[name]``
+        there (default: ``"m<N>"``). Checks as `Vmo.map`; ``ERR_ALREADY_EXISTS`` for a name in
+        use, ``ERR_PEER_CLOSED`` if the process is gone, ``ERR_BAD_STATE`` while a target runs.
+        Returns the `Mapping` (``remote`` set): its ``address`` is in the workload, its
+        `Mapping.fault_stats` count the workload's faults, `Mapping.unmap` takes it away."""
+        from vmo import mapping
+
+        offset, length, perms, around = mapping.check_map_args(vmo, offset, length, perms,
+                                                               fault_around)
+        if name is not None and not isinstance(name, str):
+            raise ZxError(Status.ERR_INVALID_ARGS, "name must be a str or None")
+        if not perms & Perms.READ:
+            raise ZxError(Status.ERR_INVALID_ARGS, "a workload's mapping needs READ permission")
+        with self._lock:
+            self._check_idle("map")
+            name = name if name is not None else f"m{len(self._names)}"
+            old = self._names.get(name)
+            if old is not None and not old.unmapped:
+                raise ZxError(Status.ERR_ALREADY_EXISTS, f"a mapping named {name!r} exists")
+            m = self._mgr.new_remote(vmo, offset, length, perms,
+                                     self._mgr.fault_around if around is None else around)
+            win = m._win
+            try:
+                self._chan.send({"op": "map", "id": m._id, "name": name, "length": length,
+                                 "perms": int(perms), "nfds": 1}, [win.fd])
+                reply, fds = self._chan.recv(self.timeout)
+            except (OSError, EOFError, TimeoutError) as e:
+                self._mgr._discard_window(m)
+                raise ZxError(Status.ERR_PEER_CLOSED, f"the workload did not map it: {e}") \
+                    from None
+            if reply.get("op") != "mapped" or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                self._mgr._discard_window(m)
+                raise ZxError(Status.ERR_NO_RESOURCES,
+                              f"the workload could not map it: {reply.get('message', reply)}")
+            win.attach(int(reply["address"]), fds[0])
+            try:
+                self._mgr.activate(m)
+            except BaseException:
+                self._mgr._discard_window(m)
+                with contextlib.suppress(OSError):
+                    self._chan.send({"op": "unmap", "id": m._id})
+                raise
+            self._mappings[m._id] = m
+            self._names[name] = m
+            return m
+
+    def _check_idle(self, what: str) -> None:
+        if self._closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, "the workload is closed")
+        if self.exited.is_set():
+            raise ZxError(Status.ERR_PEER_CLOSED,
+                          f"the workload process exited ({self.process.poll()})")
+        if self._running:
+            raise ZxError(Status.ERR_BAD_STATE, f"{what} while the workload runs a target")
+
+    # -- running ----------------------------------------------------------------------------
+
+    def start(self, target: Callable[..., Any] | str, *args: Any) -> None:
+        """Start ``target(ctx, *args)`` in the workload; collect it with `result`."""
+        name = _target_name(target)
+        with self._lock:
+            self._check_idle("start")
+            try:
+                self._chan.send({"op": "run", "target": name, "args": args})
+            except OSError as e:
+                raise ZxError(Status.ERR_PEER_CLOSED, f"the workload is gone: {e}") from None
+            self._running = True
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the running target: its return value, or `RemoteError` if it raised.
+        ``ERR_TIMED_OUT`` after ``timeout`` seconds (default: the workload's), the target
+        still running; ``ERR_PEER_CLOSED`` if the process died (e.g. of SIGBUS)."""
+        with self._lock:
+            if not self._running:
+                raise ZxError(Status.ERR_BAD_STATE, "no target is running")
+            try:
+                msg, _ = self._chan.recv(self.timeout if timeout is None else timeout)
+            except TimeoutError:
+                raise ZxError(Status.ERR_TIMED_OUT, "the workload is still running") from None
+            except EOFError:
+                self._running = False
+                code = self._wait_exit(5.0)
+                raise ZxError(Status.ERR_PEER_CLOSED,
+                              f"the workload process died ({_describe_exit(code)})") from None
+            self._running = False
+            if msg.get("op") == "error":
+                raise RemoteError(msg.get("message", "the workload raised"),
+                                  msg.get("traceback", ""))
+            return msg.get("value")
+
+    def run(self, target: Callable[..., Any] | str, *args: Any,
+            timeout: float | None = None) -> Any:
+        """`start` then `result`."""
+        self.start(target, *args)
+        return self.result(timeout)
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the workload process."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def _wait_exit(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _on_exit(self, fd: int, revents: int) -> None:
+        """On the handler thread: the process exited. Unmap everything it had."""
+        self._mgr.handler.unwatch(fd)  # applied at once: we are on the handler thread
+        self._close_pidfd()
+        self.exited.set()
+        self._teardown_mappings()
+
+    def _teardown_mappings(self) -> None:
+        for m in list(self._mappings.values()):
+            try:
+                m._teardown()
+            except Exception:  # noqa: BLE001 - keep going, the kernel must stay usable
+                self._mgr.handler.errors.append(traceback.format_exc())
+
+    def close(self, timeout: float = 10.0) -> int | None:
+        """Ask the process to exit (kill it after ``timeout`` seconds), unmap its mappings
+        and release everything. Returns its exit status. Idempotent."""
+        if self._closed:
+            return self.process.poll()
+        self._closed = True
+        if self.process.poll() is None and not self._running:
+            with contextlib.suppress(OSError):
+                self._chan.send({"op": "exit"})
+        code = self._wait_exit(timeout if not self._running else 0.5)
+        if code is None:
+            self.kill()
+            code = self._wait_exit(timeout)
+        self._teardown_mappings()
+        self._mgr.handler.unwatch(self._pidfd)
+        # The unwatch takes effect on the handler thread; the pidfd is closed after it.
+        self._mgr.handler.call_soon(self._close_pidfd)
+        self._chan.close()
+        self.exited.set()
+        return code
+
+    def _close_pidfd(self) -> None:
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> Workload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+# ============================================================================ the workload
+
+
+class RemoteView:
+    """One mapping, as the workload sees it: ``buffer`` is the mapped memory (an ``mmap``;
+    ``memoryview(view.buffer)``, ``numpy.frombuffer(view.buffer, ...)``, ``ctypes`` through
+    ``address``), touched with plain loads and stores. ``read_checked``/``write_checked`` turn
+    a failed fault (SIGBUS) into `vmo.pager.uffd.MemoryFault` instead of a crash."""
+
+    def __init__(self, name: str, buffer: mmap.mmap, address: int, perms: Perms) -> None:
+        self.name = name
+        self.buffer = buffer
+        self.address = address
+        self.length = len(buffer)
+        self.perms = perms
+
+    def __repr__(self) -> str:
+        return f"<RemoteView {self.name!r} {self.length:#x} bytes at {self.address:#x}>"
+
+    def memoryview(self) -> memoryview:
+        return memoryview(self.buffer)
+
+    def read_checked(self, length: int, offset: int = 0) -> bytes:
+        from vmo.pager import uffd
+
+        _check_view_range(self, offset, length)
+        return uffd.copy_from_address_checked(self.address + offset, length)
+
+    def write_checked(self, data: bytes, offset: int = 0) -> None:
+        from vmo.pager import uffd
+
+        _check_view_range(self, offset, len(data))
+        uffd.copy_to_address_checked(self.address + offset, data)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            self.buffer.close()
+
+
+def _check_view_range(view: RemoteView, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset + length > view.length:
+        raise ValueError(f"[{offset:#x}, +{length:#x}) is outside {view!r}")
+
+
+class WorkloadContext:
+    """What a target receives: ``mappings`` by name, and ``pid``."""
+
+    def __init__(self) -> None:
+        self.mappings: dict[str, RemoteView] = {}
+        self._by_id: dict[int, RemoteView] = {}
+        self.pid = os.getpid()
+
+
+def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
+                fds: list[int]) -> None:
+    from vmo.pager import uffd
+    from vmo.pager.fault_handler import REQUIRED_FEATURES
+
+    perms = Perms(msg["perms"])
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if perms & Perms.WRITE else 0)
+    try:
+        (fd,) = fds
+        try:
+            buf = mmap.mmap(fd, msg["length"], mmap.MAP_SHARED, prot)
+        finally:
+            os.close(fd)
+        address = uffd.buffer_address(memoryview(buf))
+        u = uffd.Userfaultfd()
+        try:
+            u.api(required=REQUIRED_FEATURES)
+            u.register(address, msg["length"], missing=True, wp=True)
+            chan.send({"op": "mapped", "id": msg["id"], "address": address, "nfds": 1},
+                      [u.fileno()])
+        finally:
+            u.close()  # ours is not needed: the server reads the faults
+    except Exception as e:  # noqa: BLE001 - reported to the server
+        chan.send({"op": "error", "message": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc()})
+        return
+    view = RemoteView(msg["name"], buf, address, perms)
+    ctx.mappings[msg["name"]] = view
+    ctx._by_id[msg["id"]] = view
+
+
+def _client_run(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any]) -> None:
+    try:
+        module_name, _, qualname = msg["target"].partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        value = obj(ctx, *msg["args"])
+        chan.send({"op": "result", "value": value})
+    except Exception as e:  # noqa: BLE001 - reported to the server
+        chan.send({"op": "error", "message": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc()})
+
+
+def client_main(fd: int) -> int:
+    """The workload process: serve the server's requests until it says exit or goes away."""
+    chan = _Channel(socket.socket(fileno=fd))
+    ctx = WorkloadContext()
+    chan.send({"op": "hello", "pid": ctx.pid})
+    while True:
+        try:
+            msg, fds = chan.recv()
+        except EOFError:
+            return 0
+        op = msg.get("op")
+        if op == "map":
+            _client_map(ctx, chan, msg, fds)
+        elif op == "run":
+            _client_run(ctx, chan, msg)
+        elif op == "unmap":
+            view = ctx._by_id.pop(msg["id"], None)
+            if view is not None:
+                ctx.mappings.pop(view.name, None)
+                view.close()
+        elif op == "exit":
+            return 0
+
+
+# ============================================================================ stock targets
+
+
+def fill(ctx: WorkloadContext, name: str, byte: int, offset: int = 0,
+         length: int | None = None, stride: int = 1) -> int:
+    """Store ``byte`` at every ``stride``-th byte of ``[offset, offset + length)`` of mapping
+    ``name`` with plain stores; returns the bytes stored."""
+    view = ctx.mappings[name].memoryview()
+    end = view.nbytes if length is None else offset + length
+    if stride == 1:
+        view[offset:end] = bytes([byte]) * (end - offset)
+        return end - offset
+    n = 0
+    for i in range(offset, end, stride):
+        view[i] = byte
+        n += 1
+    return n
+
+
+def checksum(ctx: WorkloadContext, name: str, offset: int = 0,
+             length: int | None = None) -> int:
+    """The sum of the bytes of ``[offset, offset + length)`` of mapping ``name``, loaded with
+    plain loads (``bytes`` of a ``memoryview``)."""
+    view = ctx.mappings[name].memoryview()
+    end = view.nbytes if length is None else offset + length
+    return sum(bytes(view[offset:end]))
+
+
+def read_bytes(ctx: WorkloadContext, name: str, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` of mapping ``name`` (plain loads)."""
+    return bytes(ctx.mappings[name].memoryview()[offset: offset + length])
+
+
+if __name__ == "__main__":
+    sys.exit(client_main(int(sys.argv[1])))
+
+
+__all__ = [
+    "RemoteError",
+    "RemoteView",
+    "Workload",
+    "WorkloadContext",
+    "checksum",
+    "client_main",
+    "fill",
+    "read_bytes",
+]
