@@ -557,10 +557,10 @@ def test_kernel_closed_first(f: Path) -> None:
 def test_read_error_fails_the_reader(k: Kernel, f: Path, monkeypatch: Any) -> None:
     data = make_file(f, 4 * P)
     with FilePager(k, f) as fp:
-        def broken(fd: int, n: int, off: int) -> bytes:
+        def broken(fd: int, buffers: Any, off: int) -> int:
             raise OSError(errno.EIO, "bad sector")
 
-        monkeypatch.setattr(os, "pread", broken)
+        monkeypatch.setattr(os, "preadv", broken)
         with pytest.raises(ZxError) as e:
             fp.vmo.read(1, P)
         assert e.value.status == Status.ERR_IO
@@ -575,8 +575,10 @@ def test_read_error_in_queue_mode(k: Kernel, f: Path, monkeypatch: Any) -> None:
     make_file(f, 4 * P)
     with FilePager(k, f, mode="queue") as fp:
         fp.serve_in_thread()
-        monkeypatch.setattr(os, "pread",
-                            lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "bad")))
+        def broken(fd: int, buffers: Any, off: int) -> int:
+            raise OSError(errno.EIO, "bad sector")
+
+        monkeypatch.setattr(os, "preadv", broken)
         with pytest.raises(ZxError) as e:
             fp.vmo.read(1)
         assert e.value.status == Status.ERR_IO

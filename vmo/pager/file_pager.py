@@ -3,8 +3,8 @@
 This is the wendelin ``BigFile`` pattern (``loadblk`` / ``storeblk`` / ``fileh_dirty_writeout``)
 built on the user pager. The file is cut into page-sized blocks; block ``n`` is VMO page ``n``:
 
-- *loadblk*: a READ request for ``[offset, offset + length)`` is served by reading the file with
-  ``os.pread`` into an auxiliary anonymous VMO and moving its pages into the VMO with
+- *loadblk*: a READ request for ``[offset, offset + length)`` is served by reading the file
+  (``os.preadv`` into a reused buffer) into an auxiliary anonymous VMO and moving its pages into the VMO with
   `Pager.supply_pages`. The whole requested run is served at once (a read of 1 MiB makes one
   request, one ``pread`` of 1 MiB and one supply), in chunks of at most ``chunk_size`` bytes so
   that a huge request never needs a huge buffer. Bytes past the end of the file (or past
@@ -243,17 +243,23 @@ class FilePager:
         with self._counters_lock:
             return FilePagerMetrics(**self._counters)  # type: ignore[arg-type]
 
-    def _aux_vmo(self) -> Vmo:
-        aux: Vmo | None = getattr(self._local, "aux", None)
+    def _scratch(self) -> tuple[Vmo, bytearray]:
+        """This thread's aux VMO and read buffer, both one chunk large.
+
+        The aux VMO holds no memory between requests (supply_pages moves its pages out); the
+        buffer is reused so that each chunk is read with one ``preadv`` into memory that is
+        already mapped, not into a fresh megabyte that faults in page by page.
+        """
+        local = self._local
+        aux: Vmo | None = getattr(local, "aux", None)
         if aux is None or aux.closed:
-            # Sized for one chunk; supply_pages moves its pages out, so it holds no memory
-            # between requests.
             aux = self.kernel.vmo_create(self.chunk_size)
             aux.name = "file-pager-aux"
-            self._local.aux = aux
+            local.aux = aux
+            local.buf = bytearray(self.chunk_size)
             with self._aux_lock:
                 self._aux.append(aux)
-        return aux
+        return aux, local.buf
 
     # ---------------------------------------------------------------- serving (loadblk)
 
@@ -300,8 +306,8 @@ class FilePager:
             # Clip to the VMO as it is now; a shrink racing with us makes the supply fail with
             # ERR_OUT_OF_RANGE, which `handle` drops.
             served_end = max(end, min(end + self.readahead, vmo.get_size()))
-        aux = self._aux_vmo()
-        pread = os.pread
+        aux, buf = self._scratch()
+        view = memoryview(buf)
         fd = self._fd
         logical = self._size
         pages_read = zero_pages = 0
@@ -310,14 +316,19 @@ class FilePager:
         while off < served_end:
             n = min(self.chunk_size, served_end - off)
             want = max(0, min(n, logical - off))
+            got = 0
             try:
-                data = pread(fd, want, off) if want else b""
+                while got < want:
+                    r = os.preadv(fd, [view[got:want]], off + got)
+                    if r <= 0:
+                        break  # the end of the file: the rest reads as zeros
+                    got += r
             except OSError as e:
-                raise ZxError(Status.ERR_IO, f"pread of {self.path!r} at {off:#x}: {e}") from e
-            got = len(data)
+                raise ZxError(Status.ERR_IO, f"read of {self.path!r} at {off:#x}: {e}") from e
+            nbytes += got
             try:
-                if got and data.count(0) != got:
-                    aux.write(data)
+                if got and not _all_zero(buf, got):
+                    aux.write(view[:got])
                 else:
                     got = 0  # all zeros: the aux range stays empty, supplied as markers
                 self.pager.supply_pages(vmo, off, n, aux, 0)
@@ -330,7 +341,6 @@ class FilePager:
             full = -(-got // PAGE_SIZE)
             pages_read += full
             zero_pages += n // PAGE_SIZE - full
-            nbytes += len(data)
             off += n
         self._count(read_requests=1, pages_read=pages_read, pages_zero_filled=zero_pages,
                     pages_readahead=(served_end - end) // PAGE_SIZE, bytes_read=nbytes,
@@ -518,6 +528,16 @@ class FilePager:
     def __exit__(self, *exc: object) -> None:
         if not self._closed:
             self.close()
+
+
+def _all_zero(buf: bytearray, n: int) -> bool:
+    """Are the first ``n`` bytes of ``buf`` zero? Data almost never starts and ends with a zero
+    byte, so the full comparison (at memcmp speed) is rare."""
+    if buf[0] or buf[n - 1]:
+        return False
+    if n == len(buf):
+        return buf == bytes(n)
+    return memoryview(buf)[:n].tobytes() == bytes(n)
 
 
 def _pwrite_all(fd: int, data: Any, offset: int) -> int:
