@@ -20,8 +20,8 @@ from hypothesis import note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
-    consumes,
     RuleBasedStateMachine,
+    consumes,
     initialize,
     invariant,
     multiple,
@@ -329,6 +329,30 @@ class VmoStateMachine(RuleBasedStateMachine):
         """set_size to a whole number of pages (shrinks release parent pages, grows show
         zeros)."""
         self.set_size(v, npages * PAGE_SIZE)
+
+    @rule(target=vmos, v=vmos,
+          action=st.sampled_from(["write", "write", "write", "zero", "zero", "zero", "commit",
+                                  "snapshot", "snapshot", "resize"]),
+          at=vs.aligned_positions(), npages=st.integers(1, 4), seed=vs.seeds)
+    def cow_step(self, v: OVmo, action: str, at: tuple[int, int], npages: int,
+                 seed: int) -> Any:
+        """The operations that change a hierarchy's shape, weighted towards forks and markers:
+        a whole-page write, a whole-page ZERO, a COMMIT, a snapshot of a window, a resize."""
+        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
+        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        if action == "write":
+            self._write_at(v, offset, vs.payload(seed, length))
+        elif action in ("zero", "commit"):
+            op = action.upper()
+            status, _ = self.oracle.op_range(v, op, offset, length)
+            self.expect(f"op:{op}", status,
+                        lambda: self.real[v.koid].op_range(VmoOp[op], offset, length))
+        elif action == "snapshot":
+            return self._create_child(v, "snapshot", offset, max(PAGE_SIZE, length),
+                                      seed % 2 == 0, False)
+        else:
+            self.set_size(v, offset + (seed % 3) * PAGE_SIZE)
+        return multiple()
 
     # ------------------------------------------------------------------ discardable VMOs
 

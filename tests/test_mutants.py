@@ -1,0 +1,76 @@
+"""The mutant catalogue (fuzz/mutants): every mutant applies cleanly and is undone; a few are
+killed here within a time budget (``vmo fuzz --mutants`` kills them all)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from vmo.testing.mutation import (
+    Mutant,
+    StaleMutant,
+    _resolve,
+    default_catalog_dir,
+    load_catalog,
+    run_mutant,
+)
+
+MUTANTS = load_catalog()
+BY_NAME = {m.name: m for m in MUTANTS}
+
+
+def test_catalogue_is_big_enough() -> None:
+    assert default_catalog_dir().name == "mutants"
+    assert len(MUTANTS) >= 15
+    assert len(BY_NAME) == len(MUTANTS)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_mutant_applies_and_is_undone(mutant: Mutant) -> None:
+    _, owner, attr = _resolve(mutant.target)
+    before = inspect.getattr_static(owner, attr)
+    # The target text is there exactly once (else StaleMutant: update the mutant).
+    source = mutant.mutated_source()
+    assert mutant.new.strip().splitlines()[0] in source
+    with mutant.applied():
+        patched = inspect.getattr_static(owner, attr)
+        assert patched is not before
+        assert patched.__mutant__ == mutant.name
+        assert patched.__code__.co_filename == before.__code__.co_filename
+    assert inspect.getattr_static(owner, attr) is before
+    assert mutant.description and mutant.machine_class() is not None
+
+
+def test_stale_mutant_fails_loudly() -> None:
+    m = Mutant(name="gone", target="vmo.cow_pages:CowPages.resize_locked",
+               old="this text is not in the source", new="pass", description="stale")
+    with pytest.raises(StaleMutant, match="stale mutant gone: target text not found"):
+        with m.applied():
+            pass
+    twice = Mutant(name="twice", target="vmo.cow_pages:CowPages.resize_locked",
+                   old="self", new="this", description="ambiguous")
+    with pytest.raises(StaleMutant, match="found"):
+        twice.mutated_source()
+
+
+def test_undone_even_when_the_block_raises() -> None:
+    m = BY_NAME["split_bit_not_set"]
+    _, owner, attr = _resolve(m.target)
+    before = inspect.getattr_static(owner, attr)
+    with pytest.raises(RuntimeError), m.applied():
+        raise RuntimeError
+    assert inspect.getattr_static(owner, attr) is before
+
+
+# Three mutants the machine kills quickly, each judged as `vmo fuzz --mutants` does: a failure
+# within the budget whose shrunk program passes on the unmutated core.
+@pytest.mark.parametrize("name", ["fork_without_copy", "release_frees_sibling_pages",
+                                  "snapshot_limit_not_clipped"])
+def test_quick_mutants_are_killed(name: str) -> None:
+    result = run_mutant(BY_NAME[name], seconds=20, seed=0, shrink_seconds=5)
+    assert result.killed, result
+    assert result.verdict == "killed"
+    assert result.time_to_kill is not None and result.time_to_kill < 20
+    assert result.program_steps is not None and result.program_steps <= 12
+    assert result.elapsed < 40
