@@ -5,6 +5,8 @@ Subcommands:
 - ``vmo demo``: a narrated, step-by-step tour of the core (snapshots and hidden nodes,
   copy-on-write and split bits, merging, at-least-on-write clones, slices, discardable VMOs)
   on a small in-process kernel, for students and teachers.
+- ``vmo fuzz``: a fuzz campaign of the oracle state machine with a live display, or
+  (``--mutants``) the mutation check; the work is in `vmo.testing.console`.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its parser and sets
 ``func`` to a handler ``(args) -> int``; `_SUBCOMMANDS` lists them in ``--help`` order. To add
@@ -773,11 +775,62 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out, pause=args.step and _isatty(sys.stdin))
 
 
+def _add_fuzz(sub: Any) -> None:
+    p = sub.add_parser(
+        "fuzz", help="fuzz the core against the oracle state machine; --mutants checks that "
+                     "the fuzzer catches deliberately broken cores",
+        description="Run the oracle state machine (vmo.testing) for a time or a number of "
+                    "steps with a live display of what it exercised. On failure the shrunk "
+                    "program is printed and saved as a pytest file. With --mutants, run a "
+                    "campaign against each deliberately broken core in fuzz/mutants/ and "
+                    "print which were killed. See docs/fuzzing.md.")
+    p.add_argument("--time", type=float, metavar="SECONDS",
+                   help="run for SECONDS (default 60 unless --steps is given; with --mutants, "
+                        "the budget of each mutant)")
+    p.add_argument("--steps", type=int, metavar="N", help="stop after N rule calls")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="processes sharing the example database (with --mutants: mutants run "
+                        "at a time)")
+    p.add_argument("--seed", type=int, help="hypothesis seed (default: random, printed)")
+    p.add_argument("--db", metavar="PATH", default=".hypothesis/vmo-fuzz",
+                   help="example database directory shared by jobs and later runs "
+                        "(default: %(default)s)")
+    p.add_argument("--no-db", action="store_true", help="use no example database")
+    p.add_argument("--machine", metavar="MODULE:CLASS",
+                   help="the state machine to fuzz (default vmo.testing.machine:VmoStateMachine)")
+    p.add_argument("--program-steps", type=int, metavar="N",
+                   help="rule calls per program (hypothesis stateful_step_count; default 50)")
+    p.add_argument("--failures-dir", metavar="DIR", default="fuzz/failures",
+                   help="where a failing program is saved as test_repro_<seed>.py "
+                        "(default: %(default)s)")
+    style = p.add_mutually_exclusive_group()
+    style.add_argument("--plain", action="store_true", help="plain status lines, no live panel")
+    style.add_argument("--rich", action="store_true",
+                       help="the live panel even when stdout is not a terminal")
+    p.add_argument("--mutants", action="store_true",
+                   help="run a campaign against every mutant of fuzz/mutants/ (one subprocess "
+                        "each) and print the table")
+    p.add_argument("--mutant", metavar="NAME", action="append",
+                   help="with --mutants: only these (repeat); alone: fuzz with this mutant "
+                        "applied")
+    p.add_argument("--list-mutants", action="store_true", help="list the mutants and exit")
+    p.add_argument("--mutants-dir", metavar="DIR",
+                   help="the mutant catalogue (default: fuzz/mutants of this checkout)")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_fuzz)
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from vmo.testing.console import fuzz_command
+
+    return fuzz_command(args)
+
+
 # Every subcommand, in --help order: each adder declares a parser and sets ``func``.
-# - ``vmo fuzz`` (fuzz harnesses in fuzz/, hypothesis "fuzz" profile): add ``_add_fuzz`` here.
 # - ``vmo bench`` (bench/bench_core.py): add ``_add_bench`` here.
 _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
+    _add_fuzz,
 ]
 
 
