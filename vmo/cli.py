@@ -667,6 +667,102 @@ def step_reclaim(demo: Demo) -> None:
         """)
 
 
+def step_pager(demo: Demo) -> None:
+    demo.say("""
+        A **pager-backed** VMO gets its content from a *user pager* (a file system, a network
+        cache) instead of zeros. When the VMO needs a page it does not have, the kernel sends
+        the pager a **page request**; the pager fills an auxiliary VMO and moves its pages in
+        with `supply_pages`. This pager keeps its "disk" in a dict, logs every request, and
+        answers on the thread that needs the page (handler mode).
+        """)
+    demo.run("""
+        from vmo import PagerOp, PagerVmoOptions, PageRequestCommand
+        disk = {i: b"block %d " % i * 512 for i in range(4)}
+        log = []
+        def handler(request):
+            first, count = request.offset // PAGE_SIZE, request.length // PAGE_SIZE
+            log.append((request.command.name, first, count))
+            if request.command == PageRequestCommand.READ:
+                aux = k.vmo_create(request.length)
+                aux.write(b"".join(disk[first + i] for i in range(count)))
+                pager.supply_pages(request.vmo, request.offset, request.length, aux, 0)
+                aux.close()
+            elif request.command == PageRequestCommand.DIRTY:
+                pager.op_range(PagerOp.DIRTY, request.vmo, request.offset, request.length)
+        pager = k.pager_create(handler)
+        pv = pager.create_vmo(4 * PAGE_SIZE, PagerVmoOptions.TRAP_DIRTY)
+        pv.name = "pager-backed"
+        pv.read(7, 2 * PAGE_SIZE)
+        log
+        """)
+    text = demo.show_tree("pv")
+    demo.expect(demo["log"] == [("READ", 2, 1)], "one READ request for page 2")
+    demo.expect("clean" in text, "a supplied page starts Clean")
+    demo.say("""
+        Reading page 2 sent one READ request; the handler supplied the block and the read
+        retried and found it. The dump shows the page **Clean**: the same as the pager's copy.
+        `supply_zero` is the *supply-zero offset*: pages before it come from the pager, pages
+        after it (after the VMO grows) are zeros the kernel makes by itself. The aux VMO gave
+        its frame away: supplying moves pages, it does not copy them.
+
+        Writing is tracked. This VMO was created with `TRAP_DIRTY`, so the first write to a
+        Clean page asks the pager first (a DIRTY request: a file system could refuse it when
+        the disk is full).
+        """)
+    demo.run("""
+        pv.write(b"BLOCK 2", 2 * PAGE_SIZE)
+        log[-1]
+        pager.query_dirty_ranges(pv, 0, pv.get_size())
+        """)
+    text = demo.show_tree("pv")
+    demo.expect(demo["log"][-1] == ("DIRTY", 2, 1), "a DIRTY request before the write")
+    demo.expect("dirty" in text, "the written page is Dirty")
+    demo.say("""
+        The page is **Dirty** now, and `query_dirty_ranges` reports it: the pager's copy is
+        stale. **Writeback** makes it Clean again: `WRITEBACK_BEGIN` marks the range
+        AwaitingClean, the pager copies the bytes out, and `WRITEBACK_END` marks it Clean (a
+        write in between would leave it Dirty, so no store is ever lost).
+        """)
+    demo.run("""
+        for r in pager.query_dirty_ranges(pv, 0, pv.get_size()):
+            pager.op_range(PagerOp.WRITEBACK_BEGIN, pv, r.offset, r.length)
+            for page in range(r.offset // PAGE_SIZE, (r.offset + r.length) // PAGE_SIZE):
+                disk[page] = pv.read(PAGE_SIZE, page * PAGE_SIZE)
+            pager.op_range(PagerOp.WRITEBACK_END, pv, r.offset, r.length)
+        pager.query_dirty_ranges(pv, 0, pv.get_size())
+        disk[2][:7]
+        """)
+    demo.expect(demo["disk"][2][:7] == b"BLOCK 2", "the write reached the pager's disk")
+    demo.say("""
+        Clean pages are cheap to drop: the pager can always supply them again. Under memory
+        pressure the kernel **evicts** them (least recently used first; Dirty, AwaitingClean
+        and pinned pages never go). The next access simply asks the pager again.
+        """)
+    demo.run("""
+        pv.read(7, 0)
+        k.reclaim(target_pages=10)
+        pv.get_info().committed_bytes
+        pv.read(7, 2 * PAGE_SIZE)
+        log[-1]
+        """)
+    demo.expect(demo["log"][-1] == ("READ", 2, 1), "the evicted page is requested again")
+    demo.expect(demo["pv"].read(7, 2 * demo["PAGE_SIZE"]) == b"BLOCK 2",
+                "the page comes back with the written-back content")
+    demo.say("""
+        `reclaim` evicted both Clean pages (0 and 2), leaving `committed_bytes` 0; reading
+        page 2 again sent a new READ request, and it came back with the content the writeback
+        stored. Closing the pager detaches its VMOs (their later requests fail with
+        `ERR_BAD_STATE`) and sends a COMPLETE request.
+        """)
+    demo.run("""
+        pager.close()
+        log[-1]
+        pv.read(1, 3 * PAGE_SIZE)
+        pv.close()
+        """, errors=True)
+    demo.expect(demo["log"][-1] == ("COMPLETE", 0, 0), "closing the pager sends COMPLETE")
+
+
 def step_cleanup(demo: Demo) -> None:
     demo.say("Close the remaining VMOs: every frame goes back to the arena.")
     demo.run("""
@@ -689,6 +785,7 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("slice", "A slice shares pages both ways", step_slice),
     DemoStep("discardable", "A discardable VMO: lock, write, unlock", step_discardable),
     DemoStep("reclaim", "Reclaim discards it; LOCK reports it", step_reclaim),
+    DemoStep("pager", "A user pager: supply, dirty, write back, evict", step_pager),
     DemoStep("cleanup", "Close everything", step_cleanup),
 ]
 
