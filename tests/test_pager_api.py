@@ -1087,3 +1087,22 @@ def test_pager_is_a_context_manager(k: Kernel) -> None:
     with pytest.raises(ZxError) as e:
         v.read(1)
     assert e.value.status == Status.ERR_BAD_STATE
+
+
+# ---------------------------------------------------------------------------- the demo step
+
+
+def test_demo_pager_step(capsys: pytest.CaptureFixture[str]) -> None:
+    """`vmo demo` narrates a pager-backed VMO: supplied, dirtied, written back, evicted."""
+    from vmo import cli
+
+    names = [s.name for s in cli.DEMO_STEPS]
+    assert names.index("pager") == len(names) - 2  # just before cleanup
+    assert cli.run_demo(cli.make_output(plain=True, force_rich=False)) == 0
+    out = capsys.readouterr().out
+    step = out[out.index("A user pager: supply, dirty, write back, evict"):]
+    for phrase in ("[('READ', 2, 1)]", ") clean", "('DIRTY', 2, 1)", ") dirty",
+                   "DirtyRange(offset=8192, length=4096", "b'BLOCK 2'",
+                   "k.reclaim(target_pages=10)", "('COMPLETE', 0, 0)", "ERR_BAD_STATE",
+                   "[ok] vmo.debug.validate(k)"):
+        assert phrase in step, phrase
