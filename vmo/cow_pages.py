@@ -524,7 +524,11 @@ class CowPages:
         path.reverse()  # children to step into, from just below the owner down to self
         pmm = self.pmm
         target, target_owner, cur_off = frame, owner, owner_off
+        # The node that received the first copy, and the offset there: from that level down,
+        # every node of its subtree that saw the old frame now sees a copy (seed: the range
+        # updates after `skip_range_update` turns false).
         unmap_from: CowPages | None = None
+        unmap_off = 0
         for child in path:
             child_off = cur_off - child.parent_offset
             side = SPLIT_LEFT if target_owner.children[0] is child else SPLIT_RIGHT
@@ -540,11 +544,11 @@ class CowPages:
                 pmm.split[target] = side
                 target = cover
                 if unmap_from is None:
-                    unmap_from = target_owner
+                    unmap_from, unmap_off = child, child_off
             child._place_locked(child_off, target)
             target_owner, cur_off = child, child_off
         if unmap_from is not None:
-            self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
+            unmap_from.range_change_locked(unmap_off, unmap_off + 1, RangeChangeOp.UNMAP)
         self.hier.generation += 1
         return target
 
