@@ -763,6 +763,70 @@ def step_pager(demo: Demo) -> None:
     demo.expect(demo["log"][-1] == ("COMPLETE", 0, 0), "closing the pager sends COMPLETE")
 
 
+def step_mapping(demo: Demo) -> None:
+    demo.say("""
+        A **mapping** (`v.map()`) places the VMO's pages in real memory. Nothing is copied up
+        front: the first access to a page takes a real page fault, which Linux hands to the
+        kernel's fault handler thread through **userfaultfd**. The handler looks the page up
+        in the VMO (the same lookup a read or write uses: copy-on-write, zero fill, pager
+        requests) and installs a copy of it. Pages are installed **read-only**, so the first
+        store faults too and the VMO sees it. `m.read`/`m.write` copy to and from the mapped
+        addresses with the GIL released; `fault_stats()` counts what the handler did.
+        """)
+    demo.run("""
+        m = v.map()
+        m.length // PAGE_SIZE, m.fault_stats().faults
+        m.read(6, 0)
+        m.read(10, 2 * PAGE_SIZE)
+        m.fault_stats()
+        """)
+    st = demo["m"].fault_stats()
+    demo.expect(st.read_faults == 1 and st.pages_installed == 4,
+                "one read fault installs the 4 pages (fault-around)")
+    demo.say("""
+        The first load took one read fault, and the handler installed the faulting page and
+        its neighbours at once (**fault-around**, up to 16 pages): the second load found its
+        page already there. Now store through the mapping into page 3, which nobody wrote yet.
+        """)
+    before = demo.vmo_pages()
+    demo.run("""
+        m.write(b"STORED", 3 * PAGE_SIZE)
+        m.fault_stats().wp_faults
+        v.read(6, 3 * PAGE_SIZE)
+        v.write(b"via v.write", 3 * PAGE_SIZE)
+        m.read(11, 3 * PAGE_SIZE)
+        """)
+    demo.expect(demo.vmo_pages() == before + 1, "the store committed page 3")
+    demo.expect(demo["m"].read(11, 3 * demo["PAGE_SIZE"]) == b"via v.write",
+                "a v.write shows through the mapping")
+    demo.say(f"""
+        The store hit a read-only page: a **write-protect fault**. The handler did the VMO's
+        write lookup (page 3 was zeros, so it committed a frame: `vmo_pages` went from
+        {before} to {demo.vmo_pages()}) and made the page writable in the mapping: from then on
+        the mapping's copy is the authoritative one. `v.read` still returned the stored bytes
+        because the kernel *recalls* a written page (write-protect it, copy it back) before it
+        reads the frame, and `v.write` drops the mapping's copy so the next load faults and
+        sees the new bytes. A snapshot makes every mapped page read-only again, so the next
+        store forks its page, as a write through `v.write` would:
+        """)
+    demo.run("""
+        snap = v.create_child(ChildOptions.SNAPSHOT, 0, v.get_size())
+        m.write(b"after", 0)
+        v.read(5, 0), snap.read(6, 0)
+        snap.close()
+        m.unmap()
+        v.read(5, 0)
+        m.read(1)
+        """, errors=True)
+    demo.expect(demo["v"].read(5, 0) == b"after", "the store after the snapshot is in v")
+    demo.say("""
+        The snapshot kept "PAGE 0" while the mapping's store forked the page for `v`.
+        Unmapping keeps every store in the VMO; any access after it fails with
+        `ERR_BAD_STATE`, never a crash or a hang. (Workloads in other processes can map VMOs
+        too and touch them with plain loads and stores: see `vmo.pager.remote`.)
+        """)
+
+
 def step_cleanup(demo: Demo) -> None:
     demo.say("Close the remaining VMOs: every frame goes back to the arena.")
     demo.run("""
@@ -771,6 +835,12 @@ def step_cleanup(demo: Demo) -> None:
         k.memory_stats().vmo_pages
         """)
     demo.expect(demo.vmo_pages() == 0, "no frame is held after every VMO is closed")
+
+
+def _mapping_unavailable() -> str | None:
+    from vmo.pager.fault_handler import unavailable_reason
+
+    return unavailable_reason()
 
 
 # The tour, in order. Later steps (a user pager supplying pages, mappings taking real page
@@ -786,6 +856,8 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("discardable", "A discardable VMO: lock, write, unlock", step_discardable),
     DemoStep("reclaim", "Reclaim discards it; LOCK reports it", step_reclaim),
     DemoStep("pager", "A user pager: supply, dirty, write back, evict", step_pager),
+    DemoStep("mapping", "Map it: real page faults served through the VMO", step_mapping,
+             available=_mapping_unavailable),
     DemoStep("cleanup", "Close everything", step_cleanup),
 ]
 
