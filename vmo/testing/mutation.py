@@ -289,11 +289,12 @@ def _catalog_of(mutant: Mutant) -> Path:
 def run_mutants(names: Sequence[str] | None = None, *, seconds: float = 60.0, jobs: int = 1,
                 seed: int = 0, catalog: str | os.PathLike[str] | None = None,
                 shrink_timeout: float = 120.0, repro_dir: str | os.PathLike[str] | None = None,
-                on_event: Callable[[str, dict[str, Any]], None] | None = None
+                machine: str | None = None, on_event: Callable[[str, dict[str, Any]], None] | None = None
                 ) -> list[MutantResult]:
     """Run ``python -m vmo fuzz --mutant NAME`` for each mutant (all by default), ``jobs`` at
-    a time, each with a hard timeout of ``seconds + shrink_timeout``. ``on_event(name, event)``
-    sees each subprocess's JSON events (``started``, ``found``, ``result``) as they come."""
+    a time, each with a hard timeout of ``seconds + shrink_timeout``. ``machine``
+    (``"module:Class"``) replaces every mutant's own machine. ``on_event(name, event)`` sees
+    each subprocess's JSON events (``started``, ``found``, ``result``) as they come."""
     catalog_dir = Path(catalog) if catalog is not None else default_catalog_dir()
     mutants = load_catalog(catalog_dir)
     if names:
@@ -317,7 +318,8 @@ def run_mutants(names: Sequence[str] | None = None, *, seconds: float = 60.0, jo
                     return
                 m = pending.pop(0)
             emit(m.name, {"event": "started"})
-            r = _run_isolated(m, catalog_dir, seconds, seed, shrink_timeout, repro_dir, emit)
+            r = _run_isolated(m, catalog_dir, seconds, seed, shrink_timeout, repro_dir,
+                              machine, emit)
             with lock:
                 results[m.name] = r
             emit(m.name, {"event": "result", **attrs.asdict(r)})
@@ -331,13 +333,15 @@ def run_mutants(names: Sequence[str] | None = None, *, seconds: float = 60.0, jo
 
 
 def _run_isolated(m: Mutant, catalog_dir: Path, seconds: float, seed: int,
-                  shrink_timeout: float, repro_dir: Any,
+                  shrink_timeout: float, repro_dir: Any, machine: str | None,
                   emit: Callable[[str, dict[str, Any]], None]) -> MutantResult:
     cmd = [sys.executable, "-m", "vmo", "fuzz", "--mutant", m.name, "--json",
            "--mutants-dir", str(catalog_dir), "--time", str(seconds), "--seed", str(seed),
            "--no-db"]
     if repro_dir is not None:
         cmd += ["--failures-dir", str(repro_dir)]
+    if machine is not None:
+        cmd += ["--machine", machine]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
