@@ -159,6 +159,23 @@ def test_repro_of_a_passing_program_passes(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stdout + ran.stderr
 
 
+def test_structure_check_accepts_marker_only_nodes() -> None:
+    """A leaf that holds only a zero marker has no committed pages (found by the decoder: the
+    attribution check compared a 0 entry with a missing one)."""
+    state = VmoStateMachine()
+    try:
+        v = state.filled(npages=2, resizable=False, seed=1)
+        c = state.snapshot_inside(v=v, at=(0, 0), npages=2, resizable=False)
+        state.zero_inside(v=c, at=(0, 0), npages=1, tail=0)  # page 0: a marker
+        assert state.real[c.koid].cow.page_list.count_pages() == 0
+        assert not state.real[c.koid].cow.page_list.is_empty()
+        state.contents_match()
+        state.hierarchy_valid()
+        state.structure_matches()
+    finally:
+        state.teardown()
+
+
 def test_decoder_maps_bytes_to_programs() -> None:
     r = ByteReader(b"\x05")
     assert r.integer(0, 9) == 5 and r.integer(0, 9) == 0 and r.exhausted

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hypothesis import note
+from hypothesis import currently_in_test_context, note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -75,6 +75,16 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.k.close()
 
     # ------------------------------------------------------------------ checking helpers
+
+    def _with_dump(self, err: Exception) -> Exception:
+        """Attach the hierarchy's dump: as a hypothesis note inside a test (it then shows with
+        the falsifying example), else on the exception (repro files, byte fuzzers)."""
+        dump = debug.dump(self.k)
+        if currently_in_test_context():
+            note(dump)
+        else:
+            err.add_note(dump)
+        return err
 
     def _count(self, what: str) -> None:
         if self.stats is not None:
@@ -400,9 +410,9 @@ class VmoStateMachine(RuleBasedStateMachine):
             got = real.read(size, 0)
             want = ov.content()
             if got != want:
-                note(debug.dump(self.k))
-                raise Mismatch(f"koid {ov.koid} content differs from the oracle at byte "
-                               f"{_first_difference(got, want)}")
+                raise self._with_dump(Mismatch(
+                    f"koid {ov.koid} content differs from the oracle at byte "
+                    f"{_first_difference(got, want)}"))
 
     @invariant()
     def hierarchy_valid(self) -> None:
@@ -450,12 +460,12 @@ class VmoStateMachine(RuleBasedStateMachine):
                             want[owner] += node.page_list.count_pages()
                 # What VmoInfo.committed_bytes reports, for the whole tree at once.
                 got = {n: c for n, c in self.k._attribution_locked(h).items() if c}
-                if got != dict(want):
-                    note(debug.dump(self.k))
+                if got != {n: c for n, c in want.items() if c}:
                     diff = sorted((n.id, got.get(n, 0), want.get(n, 0))
                                   for n in set(got) | set(want) if got.get(n, 0) != want[n])
-                    raise Mismatch("attribution differs from the rule (node, committed "
-                                   f"pages, pages the rule attributes): {diff}")
+                    raise self._with_dump(Mismatch(
+                        "attribution differs from the rule (node, committed pages, pages the "
+                        f"rule attributes): {diff}"))
 
 
 def _first_difference(a: bytes | None, b: bytes | None) -> str:
