@@ -1041,10 +1041,6 @@ def test_handler_that_does_nothing_times_out(k: Kernel) -> None:
     validate(k)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a request whose waiter timed out stays in "
-                   "RequestTracker.outstanding with dispatched=True: every later access joins it "
-                   "and waits again, and the pager is never asked again (handler mode: the "
-                   "handler is never called again; the page can never be read)")
 def test_access_after_a_timed_out_request_asks_again(k: Kernel) -> None:
     k.page_request_timeout = 0.1
     calls: list[PageRequest] = []
@@ -1097,7 +1093,7 @@ def test_demo_pager_step(capsys: pytest.CaptureFixture[str]) -> None:
     from vmo import cli
 
     names = [s.name for s in cli.DEMO_STEPS]
-    assert names.index("pager") == len(names) - 2  # just before cleanup
+    assert "pager" in names and names[-1] == "cleanup"
     assert cli.run_demo(cli.make_output(plain=True, force_rich=False)) == 0
     out = capsys.readouterr().out
     step = out[out.index("A user pager: supply, dirty, write back, evict"):]

@@ -488,9 +488,6 @@ PmmMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30
 TestPmmMachine = PmmMachine.TestCase
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PhysicalMemory.free validates frame by frame while "
-                   "resetting them, so a refused list leaves earlier frames FREE but off the "
-                   "free list (leaked); it should check every frame before changing any")
 def test_refused_free_changes_nothing(pmm):
     a, b = pmm.alloc(2)
     pmm.free([b])

@@ -86,6 +86,11 @@ def data_view(name: str, data: Any) -> memoryview:
     return view
 
 
+#: Timeouts at least this long (about 31 years) mean "wait forever" (``None``): the thread
+#: primitives cannot wait longer, and ``ZX_TIME_INFINITE`` is what such values mean.
+FOREVER = 1e9
+
+
 def timeout(name: str, value: Any) -> float | None:
     if value is None:
         return None
@@ -93,4 +98,17 @@ def timeout(name: str, value: Any) -> float | None:
         raise ZxError(Status.ERR_INVALID_ARGS, f"{name} must be a number of seconds or None")
     if value < 0:
         raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is negative")
+    if value >= FOREVER:
+        return None
     return float(value)
+
+
+def name(value: Any, max_bytes: int) -> str:
+    """A ``ZX_PROP_NAME``: a str, truncated to ``max_bytes`` of UTF-8 at a character edge."""
+    if not isinstance(value, str):
+        raise ZxError(Status.ERR_INVALID_ARGS, f"name must be a str, not {type(value).__name__}")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"name is not encodable as UTF-8: {e}") from None
+    return raw[:max_bytes].decode("utf-8", errors="ignore").split("\0", 1)[0]

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 ABSENT = -2
 # supply_zero_offset of a VMO without a content-preserving page source: never reached.
 NO_SUPPLY_ZERO = 1 << 62
+# Pages handled per step by range operations that build per-page lists.
+COMMIT_CHUNK = 4096
 
 _node_ids = itertools.count(1)
 
@@ -655,7 +657,15 @@ class CowPages:
             return
         self._check_readable_locked()
         if self.parent is None and self.page_source is None:
-            self._writable_frames_locked(start, end)
+            # Like Zircon, find out up front whether the arena can hold the whole range, so a
+            # commit that cannot succeed changes nothing; then commit in bounded chunks.
+            missing = (end - start) - self.page_list.count_pages(start, end)
+            free = self.pmm.free_frames
+            if missing > free:
+                raise ZxError(Status.ERR_NO_MEMORY,
+                              f"COMMIT needs {missing} pages, {free} are free")
+            for chunk in range(start, end, COMMIT_CHUNK):
+                self._writable_frames_locked(chunk, min(end, chunk + COMMIT_CHUNK))
             return
         for off in range(start, end):
             if self.page_list.get(off) <= 0:
@@ -686,6 +696,51 @@ class CowPages:
                 raise ZxError(Status.ERR_BAD_STATE,
                               f"page at offset {off * PAGE_SIZE:#x} is pinned")
 
+    def zero_bytes_locked(self, offset: int, length: int) -> None:
+        """ZERO of ``[offset, offset + length)`` bytes: partial pages get zeros written, whole
+        pages go to `zero_pages_locked` (seed: ``VmObjectPaged::ZeroRange``).
+
+        The partial pages are looked up for write before any byte changes, so running out of
+        memory there leaves the content as it was; a partial page that already reads as zero
+        needs nothing (Zircon's ``PageWouldReadZeroLocked``).
+        """
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            parent.zero_bytes_locked(offset + poff * PAGE_SIZE, length)
+            return
+        self._check_readable_locked()
+        if length == 0:
+            return
+        end = offset + length
+        first_full = -(-offset // PAGE_SIZE)
+        last_full = end // PAGE_SIZE
+        partial: list[tuple[int, int, int]] = []  # (page, from byte, to byte) within the page
+        if first_full > last_full:
+            page = offset // PAGE_SIZE
+            partial.append((page, offset - page * PAGE_SIZE, end - page * PAGE_SIZE))
+        else:
+            if offset % PAGE_SIZE:
+                page = offset // PAGE_SIZE
+                partial.append((page, offset - page * PAGE_SIZE, PAGE_SIZE))
+            if end % PAGE_SIZE:
+                partial.append((last_full, 0, end - last_full * PAGE_SIZE))
+        targets = []
+        for page, lo, hi in partial:
+            frames, absent = self.resolve_range(page, page + 1)
+            if not absent and frames[0] == ZERO_FRAME:
+                continue
+            targets.append((self.lookup_for_write_locked(page), lo, hi))
+        pmm = self.pmm
+        for frame, lo, hi in targets:
+            if pmm.coherence is not None:
+                pmm.coherence.before_write((frame,))
+            base = frame * PAGE_SIZE
+            pmm.physmap[base + lo: base + hi] = bytes(hi - lo)
+        if targets and self.is_source_preserving():
+            self.modified = True
+        if first_full < last_full:
+            self.zero_pages_locked(first_full, last_full)
+
     def zero_pages_locked(self, start: int, end: int) -> None:
         """Make ``[start, end)`` read zeros, with the fewest pages (seed: ``ZeroPagesLocked``)."""
         if self.is_slice:
@@ -712,23 +767,26 @@ class CowPages:
                 self._release_cow_parent_pages_locked(start, self.parent_limit, freed)
             else:
                 self.parent_limit = start
-        off = start
-        while off < end:
+        if self.parent is not None and self.parent.hidden:
+            # Only offsets where we hold something, or an ancestor shows a page, can need
+            # work: elsewhere an empty slot already reads zero. This keeps the cost of zeroing
+            # a huge sparse range in the number of pages, not the size of the range.
+            offsets: Iterator[int] = iter(sorted(self._zero_candidates_locked(start, end)))
+        else:
+            offsets = iter(range(start, end))
+        for off in offsets:
             slot = self.page_list.get(off)
             if slot == MARKER:
-                off += 1
                 continue
             if slot > 0 and pmm.pin_count[slot]:
                 # A pinned page cannot go away (a device may be using it): zero it in place.
                 pmm.zero_frame(slot)
-                off += 1
                 continue
             can_see_parent = self.parent is not None and off < self.parent_limit
             if not can_see_parent:
                 if slot > 0:
                     self.page_list.remove(off)
                     freed.append(slot)
-                off += 1
                 continue
             assert self.parent is not None
             parent_hidden = self.parent.hidden
@@ -739,7 +797,6 @@ class CowPages:
                 if slot > 0:
                     self.page_list.remove(off)
                     freed.append(slot)
-                off += 1
                 continue
             if not parent_has_content:
                 # A mutable (non-hidden) parent shows zeros now but may not later: hold a zero
@@ -751,21 +808,31 @@ class CowPages:
                     freed = []
                     new = self._alloc_locked(1, zero=True)[0]
                     self._place_locked(off, new)
-                off += 1
                 continue
             if slot == EMPTY and owner.hidden:
                 self._free_frames_locked(freed)
                 freed = []
                 self._clone_cow_page_as_zero_locked(off, owner, content, owner_off, freed)
-                off += 1
                 continue
             if slot > 0:
                 self.page_list.remove(off)
                 freed.append(slot)
             self.page_list.set(off, MARKER)
-            off += 1
         self._free_frames_locked(freed)
         self.hier.generation += 1
+
+    def _zero_candidates_locked(self, start: int, end: int) -> set[int]:
+        """Offsets in ``[start, end)`` holding an entry here or a page in an ancestor."""
+        found = {off for off, _ in self.page_list.items(start, end)}
+        cur, lo, hi, delta = self, start, min(end, self.parent_limit), 0
+        while cur.parent is not None and lo < hi:
+            parent = cur.parent
+            delta += cur.parent_offset
+            p_lo, p_hi = lo + cur.parent_offset, hi + cur.parent_offset
+            found.update(off - delta for off, _ in parent.page_list.pages(p_lo, p_hi))
+            lo, hi = p_lo, min(p_hi, parent.parent_limit)
+            cur = parent
+        return found
 
     def _zero_pager_pages_locked(self, start: int, end: int) -> None:
         """ZERO on a pager-backed root: a write of zeros (seed: ``ZeroPagesLocked``).
@@ -1089,6 +1156,8 @@ class CowPages:
             return 0
         if time.monotonic() - self.last_unlock_time < min_age:
             return 0
+        if self.pinned_pages:
+            return 0  # a device may be using them: pinned pages are never discarded
         assert self.lock_count == 0
         self.range_change_locked(0, self.size, RangeChangeOp.UNMAP)
         frames = [v for _, v in self.page_list.take_range(0) if v > 0]

@@ -35,10 +35,7 @@ class Kernel:
         if memory < 2 * PAGE_SIZE:
             raise ZxError(Status.ERR_INVALID_ARGS,
                           f"memory {memory} must hold at least two pages of {PAGE_SIZE} bytes")
-        try:
-            self.pmm = PhysicalMemory(memory)
-        except OSError as e:
-            raise ZxError(Status.ERR_NO_MEMORY, f"cannot create the arena: {e}") from e
+        self.pmm = PhysicalMemory(memory)
         self.state = KernelState(self.pmm)
         self._koids = itertools.count(1)
         self._objects_lock = threading.Lock()
@@ -111,9 +108,11 @@ class Kernel:
     def reclaim_discardable(self, target_pages: int, min_age: float = 0.0) -> int:
         """Discard unlocked discardable VMOs, oldest unlock first, until ``target_pages`` are
         freed. Returns the pages freed."""
-        target = _args.u64("target_pages", target_pages)
-        age = _args.timeout("min_age", min_age) or 0.0
         self._check_open()
+        target = _args.u64("target_pages", target_pages)
+        age = 0.0 if min_age is None else _args.timeout("min_age", min_age)
+        if age is None:
+            return 0  # nothing can have been unlocked that long ago
         freed = 0
         st = self.state
         with st.discardable_lock:

@@ -92,10 +92,21 @@ class PhysicalMemory:
             raise ZxError(Status.ERR_INVALID_ARGS, f"memory {memory} is smaller than two pages")
         self.total_frames = memory // PAGE_SIZE
         n = self.total_frames
+        # The frame table costs about 23 bytes per frame up front; an arena larger than the
+        # host's memory could never be backed anyway.
+        host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if memory > host:
+            raise ZxError(Status.ERR_NO_MEMORY,
+                          f"arena of {memory} bytes is larger than this host's {host} bytes")
         self.fd = os.memfd_create("vmo-arena", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, n * PAGE_SIZE)
-        self._mmap = mmap.mmap(self.fd, n * PAGE_SIZE, mmap.MAP_SHARED,
-                               mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            os.ftruncate(self.fd, n * PAGE_SIZE)
+            self._mmap = mmap.mmap(self.fd, n * PAGE_SIZE, mmap.MAP_SHARED,
+                                   mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, OverflowError, MemoryError, ValueError) as e:
+            os.close(self.fd)
+            raise ZxError(Status.ERR_NO_MEMORY, f"cannot create an arena of {memory} bytes: {e}") \
+                from e
         self.physmap = memoryview(self._mmap)
         # The metadata columns (see the module docstring).
         self.state = bytearray(n)
@@ -180,9 +191,14 @@ class PhysicalMemory:
         with self._lock:
             state, split, dirty, owner, pin = (
                 self.state, self.split, self.dirty, self.owner, self.pin_count)
+            # Check everything before changing anything: a bad list frees nothing.
+            if len(set(frames)) != len(frames):
+                raise AssertionError(f"freeing a frame twice in one call: {frames}")
             for f in frames:
-                if state[f] in (FrameState.FREE, FrameState.ZERO):
-                    raise AssertionError(f"freeing frame {f} in state {FrameState(state[f]).name}")
+                if not 0 < f < self.total_frames or state[f] in (FrameState.FREE, FrameState.ZERO):
+                    raise AssertionError(f"freeing frame {f} in state "
+                                         f"{FrameState(state[f]).name if 0 <= f < self.total_frames else 'out of range'}")
+            for f in frames:
                 q = self.queue[f]
                 if q > PageQueue.ANONYMOUS:
                     self.queues[q].pop(f, None)  # type: ignore[index]

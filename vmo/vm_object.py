@@ -8,12 +8,13 @@ retries the whole operation from the top, as Zircon does with ``ZX_ERR_SHOULD_WA
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vmo import _args
-from vmo.cow_pages import CowPages, DiscardableState, NeedPages
+from vmo.cow_pages import COMMIT_CHUNK, CowPages, DiscardableState, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE
 from vmo.types import ChildOptions, LockState, Perms, VmoInfo, VmoInfoFlags, VmoOp
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MAX_NAME_LEN = 31
+#: The largest read that can return its bytes: half of this host's memory.
+MAX_READ = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 _CHILD_KINDS = (ChildOptions.SNAPSHOT | ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE
                 | ChildOptions.SLICE)
 
@@ -100,6 +103,9 @@ class Vmo:
 
         def op() -> bytes:
             _args.in_range("read", offset, length, self._size())
+            if length > MAX_READ:
+                raise ZxError(Status.ERR_NO_MEMORY,
+                              f"a read of {length} bytes cannot fit in this host's memory")
             return self.cow.read_locked(offset, length)
 
         return self._locked_retry(op)
@@ -185,36 +191,22 @@ class Vmo:
             if op == VmoOp.COMMIT:
                 cow.commit_range_locked(first, end)
             elif op == VmoOp.ZERO:
-                self._zero_locked(offset, size)
+                cow.zero_bytes_locked(offset, size)
             elif op == VmoOp.PREFETCH:
                 cow._check_readable_locked()
                 target, delta = cow.slice_parent() if cow.is_slice else (cow, 0)
-                _, absent = target.resolve_range(first + delta, end + delta)
-                if absent:
-                    raise NeedPages(target.root(), absent[0], 1)
+                if not target.is_pager_backed():
+                    return None  # anonymous content needs no fetching
+                for chunk in range(first + delta, end + delta, COMMIT_CHUNK):
+                    _, absent = target.resolve_range(chunk, min(end + delta, chunk + COMMIT_CHUNK))
+                    if absent:
+                        raise NeedPages(target.root(), absent[0], len(absent))
             elif op in (VmoOp.DONT_NEED, VmoOp.ALWAYS_NEED):
                 self._kernel._hint_locked(cow, first, end, op == VmoOp.ALWAYS_NEED)
             # Cache operations are accepted and have no effect on this coherent machine.
             return None
 
         return self._locked_retry(run)
-
-    def _zero_locked(self, offset: int, size: int) -> None:
-        cow = self.cow
-        end = offset + size
-        first_full = (offset + PAGE_SIZE - 1) // PAGE_SIZE
-        last_full = end // PAGE_SIZE
-        if first_full >= last_full:
-            # Entirely inside one page (or across one boundary with no whole page): write zeros.
-            cow.write_locked(memoryview(bytes(size)), offset)
-            return
-        head = first_full * PAGE_SIZE - offset
-        tail = end - last_full * PAGE_SIZE
-        if head:
-            cow.write_locked(memoryview(bytes(head)), offset)
-        if tail:
-            cow.write_locked(memoryview(bytes(tail)), last_full * PAGE_SIZE)
-        cow.zero_pages_locked(first_full, last_full)
 
     def _discardable_op(self, op: VmoOp, offset: int, size: int) -> LockState | None:
         if not self._discardable:
@@ -331,10 +323,7 @@ class Vmo:
     @name.setter
     def name(self, value: str) -> None:
         self._check_open()
-        if not isinstance(value, str):
-            raise ZxError(Status.ERR_INVALID_ARGS, f"name must be a str, not {type(value).__name__}")
-        raw = value.encode("utf-8")[:MAX_NAME_LEN]
-        self._name = raw.decode("utf-8", errors="ignore").split("\0", 1)[0]
+        self._name = _args.name(value, MAX_NAME_LEN)
 
     @property
     def closed(self) -> bool:

@@ -70,6 +70,7 @@ class Request:
     pending: set[int]
     status: Status | None = None  # None while outstanding
     dispatched: bool = False  # handed to the pager (handler call or port packet)
+    waiters: int = 0
     created: float = attrs.field(factory=time.monotonic)
 
     def overlaps(self, start: int, end: int) -> bool:
@@ -189,13 +190,22 @@ class RequestTracker:
         """Block until ``request`` completes; raise `ZxError` if it failed or timed out."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
-            while request.status is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ZxError(Status.ERR_TIMED_OUT,
-                                  f"page request [{request.offset}, +{request.length}) pages "
-                                  f"was not resolved within {timeout} s")
-                self.cond.wait(remaining)
+            request.waiters += 1
+            try:
+                while request.status is None:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        if request.waiters == 1 and request in self.outstanding:
+                            # Nobody waits for it any more: cancel it, so that the next access
+                            # asks the pager again (a lost request must not block forever).
+                            self.outstanding.remove(request)
+                            request.status = Status.ERR_TIMED_OUT
+                        raise ZxError(Status.ERR_TIMED_OUT,
+                                      f"page request [{request.offset}, +{request.length}) "
+                                      f"pages was not resolved within {timeout} s")
+                    self.cond.wait(remaining)
+            finally:
+                request.waiters -= 1
             status = request.status
         if status != Status.OK:
             raise ZxError(status, f"page request for pages [{request.offset}, "

@@ -330,18 +330,14 @@ class Oracle:
                 return bad, None
             v.write_bytes(offset, bytes(size))
             if t.discardable:
+                # Partial pages keep their state: a committed one is zeroed in place, an
+                # uncommitted one already reads zero and stays uncommitted. Whole pages are
+                # decommitted unless pinned.
                 full_first = (offset + PAGE_SIZE - 1) // PAGE_SIZE
                 full_end = (offset + size) // PAGE_SIZE
-                if full_first >= full_end:
-                    self._note_committed(v, first, end)
-                else:
-                    if offset % PAGE_SIZE:
-                        self._note_committed(v, first, first + 1)
-                    if (offset + size) % PAGE_SIZE:
-                        self._note_committed(v, end - 1, end)
-                    pinned = self.pinned_pages(t)
-                    t.committed.difference_update(
-                        p for p in range(full_first, full_end) if p not in pinned)
+                pinned = self.pinned_pages(t)
+                t.committed.difference_update(
+                    p for p in range(full_first, full_end) if p not in pinned)
         elif op == "PREFETCH":
             if bad := self._readable(v):
                 return bad, None
