@@ -76,7 +76,8 @@ class Pass:
         return statistics.median(f / s for f, s in zip(self.faults, self.seconds, strict=True))
 
     def handler_us_per_fault(self) -> float | None:
-        per = [h / f * 1e6 for h, f in zip(self.handler_seconds, self.faults, strict=True) if f]
+        per = [h / f * 1e6 for h, f in zip(self.handler_seconds, self.faults, strict=True)
+               if f and h]
         return statistics.median(per) if per else None
 
 
@@ -98,9 +99,8 @@ class Workload:
         self.write.seconds.append(ws)
         self.read.faults.append(rf)
         self.write.faults.append(wf)
-        if rh or wh:
-            self.read.handler_seconds.append(rh)
-            self.write.handler_seconds.append(wh)
+        self.read.handler_seconds.append(rh)
+        self.write.handler_seconds.append(wh)
 
 
 def compile_c(tmp: Path) -> Path:

@@ -84,6 +84,7 @@ ABSENT, READ_ONLY, WRITABLE, POISONED = 0, 1, 2, 3
 
 _PAGE_MASK = (1 << 32) - 1
 _READ_ONLY_RUN = bytes([READ_ONLY]) * MAX_FAULT_AROUND
+_ABSENT_RUN = bytes([ABSENT]) * MAX_FAULT_AROUND
 _ZERO_FRAMES = array("q", bytes(8 * MAX_FAULT_AROUND))
 _now_ns = time.perf_counter_ns
 _ids = itertools.count(1)
@@ -158,6 +159,10 @@ class Mapping:
         self._installed = self._around = self._checked_out = 0
         self._recalls = self._dropped = self._requests = self._failed = self._stale = 0
         self._time_ns = 0
+        # The page a write fault is checking out, and whether a range change left it in place
+        # (see `MappingManager._write_fault_locked`); guarded by the hierarchy lock.
+        self._keep = -1
+        self._kept = False
 
     def __repr__(self) -> str:
         state = "unmapped" if self._dead else f"at {self._win.address:#x}"
@@ -360,9 +365,6 @@ class MappingManager:
         self.fault_around = DEFAULT_FAULT_AROUND
         self.closed = False
         self._pending: set[tuple[int, bool]] = set()
-        # The window page a write fault is about to check out (see `_write_fault_locked`).
-        self._keep = -1
-        self._kept = False
         self._physmap_addr = uffd.buffer_address(self.pmm.physmap)
         self._zeros = bytes(MAX_FAULT_AROUND * PAGE_SIZE)
         self._zeros_addr = uffd.buffer_address(self._zeros)
@@ -461,6 +463,10 @@ class MappingManager:
         with m._hier_lock:
             if m._dead:
                 self._dead_fault_locked(m, page)
+                return None
+            if m.vmo.closed:
+                # Mapped while the VMO was being closed: unmap it now.
+                self._teardown(m)
                 return None
             try:
                 if write:
@@ -581,9 +587,20 @@ class MappingManager:
         """Copy ``frames`` into the absent pages of ``[start, start + len(frames))``,
         write-protected, in runs of contiguous frames (one ``UFFDIO_COPY`` per run)."""
         win = m._win
-        state, wframes = win.state, win.frames
+        state = win.state
         writer = self.writer
+        n = len(frames)
         runs: list[tuple[int, int, int]] = []  # (first page, first frame, count)
+        if state[start: start + n] == _ABSENT_RUN[:n] and (not writer or not any(
+                f in writer for f in frames)):
+            # The common case, without a loop: every page absent, and the frames all zeros or
+            # one run of consecutive frames (a fresh or sequentially written VMO).
+            f0 = frames[0]
+            if (f0 == ZERO_FRAME and not any(frames)) or (
+                    f0 != ZERO_FRAME and frames[-1] == f0 + n - 1
+                    and frames == list(range(f0, f0 + n))):
+                self._fill_runs(m, page, [(start, f0, n)])
+                return
         run_page = run_frame = run_len = 0
         for i, f in enumerate(frames):
             p = start + i
@@ -606,6 +623,11 @@ class MappingManager:
                 m._stale += 1
                 win.wake(page)
             return
+        self._fill_runs(m, page, runs)
+
+    def _fill_runs(self, m: Mapping, page: int, runs: list[tuple[int, int, int]]) -> None:
+        win = m._win
+        state, wframes = win.state, win.frames
         readers = self.readers
         key_base = m._key_base
         # Counters first: the fill wakes the faulting thread, which may look at them at once.
@@ -654,18 +676,18 @@ class MappingManager:
         # The lookup may fork or commit the page, and the range change that follows would
         # punch our read-only copy out only for `_check_out` to put it back: keep it (see
         # `_change_pages`); a write lookup never changes the bytes the VMO shows.
-        self._keep = m._key_base | page
+        m._keep = page
+        m._kept = False
         try:
             # One page: a larger `want` would also dirty the neighbours of a pager-backed page.
             frame = node.lookup_for_write_locked(voff)
         except BaseException:
-            if self._kept:
+            if m._kept:
                 with self.lock:
                     self._drop_kept(m, page)
             raise
         finally:
-            self._keep = -1
-            self._kept = False
+            m._keep = -1
         with self.lock:
             self._check_out(m, page, frame)
             if m.fault_around > 1:
@@ -712,18 +734,21 @@ class MappingManager:
         state, wframes = win.state, win.frames
         slots = base.page_list.dense(m._vpage + ws + delta, m._vpage + we + delta)
         slots[page - ws] = 0
-        if max(slots) <= 0:
-            return  # the VMO owns none of the neighbours (e.g. a fresh VMO): nothing to do
+        # Neighbours the VMO owns and this window does not have writable yet (a sequential
+        # writer of a fresh VMO has none: the pages behind it are writable, those ahead are
+        # not committed).
+        owned = [i for i, v in enumerate(slots) if v > 0 and state[ws + i] < WRITABLE]
+        if not owned:
+            return
         readers, writer = self.readers, self.writer
         key_base = m._key_base
         promote: list[int] = []
         fill: list[tuple[int, int]] = []
-        for q in range(ws, we):
-            slot = slots[q - ws]
-            if slot <= 0 or q == page:
-                continue
+        for i in owned:
+            q = ws + i
+            slot = slots[i]
             s = state[q]
-            if s in (WRITABLE, POISONED) or slot in writer:
+            if slot in writer:
                 continue
             rs = readers.get(slot)
             if s == READ_ONLY:
@@ -911,22 +936,24 @@ class MappingManager:
         vmo = node.paged_ref
         if vmo is None or vmo.cow is not node or not vmo.mappings:
             return
+        drop = op == RangeChangeOp.UNMAP
         with self.lock:
             for m in vmo.mappings:
                 if m._dead:
                     continue
-                lo = max(start, m._vpage)
-                hi = min(end, m._vpage + m._npages)
-                if lo >= hi:
-                    continue
-                self._change_pages(m, lo - m._vpage, hi - m._vpage,
-                                   drop=op == RangeChangeOp.UNMAP)
+                vpage = m._vpage
+                p0 = start - vpage if start > vpage else 0
+                p1 = end - vpage
+                if p1 > m._npages:
+                    p1 = m._npages
+                if p0 < p1:
+                    self._change_pages(m, p0, p1, drop)
 
-    def _change_pages(self, m: Mapping, p0: int, p1: int, *, drop: bool) -> None:
+    def _change_pages(self, m: Mapping, p0: int, p1: int, drop: bool) -> None:
         """Recall the checked-out pages of ``[p0, p1)``; with ``drop`` also drop every copy."""
         state, wframes = m._win.state, m._win.frames
         present = []
-        keep = self._keep
+        keep = m._keep
         p = p0
         while p < p1:
             s = state[p]
@@ -934,14 +961,14 @@ class MappingManager:
                 self._recall(wframes[p])
                 present.append(p)
             elif s == READ_ONLY:
-                if drop and keep == m._key_base | p:
+                if drop and keep == p:
                     # The page a write fault is checking out: untrack its copy but leave it in
                     # the window for `_check_out` to make writable.
                     f = wframes[p]
                     if f:
-                        self._forget_reader(f, keep)
+                        self._forget_reader(f, m._key_base | p)
                     wframes[p] = ZERO_FRAME
-                    self._kept = True
+                    m._kept = True
                 else:
                     present.append(p)
             p += 1
@@ -971,7 +998,7 @@ class MappingManager:
                 raise ZxError(Status.ERR_NO_RESOURCES, f"mprotect failed: {e}") from e
             if not perms & Perms.WRITE:
                 # Nothing can store any more: give the frames their bytes back now.
-                self._change_pages(m, 0, m._npages, drop=False)
+                self._change_pages(m, 0, m._npages, False)
             m._perms = perms
             m._writable = bool(perms & Perms.WRITE)
 
