@@ -160,6 +160,8 @@ class Oracle:
         for v in candidates:
             if freed >= target:
                 break
+            if self.pinned_pages(v):
+                continue  # a device may be using its pages: never discarded (API.md, pin)
             freed += len(v.committed)
             v.committed.clear()
             v.store[:] = bytes(len(v.store))
