@@ -477,12 +477,27 @@ def test_resize_zero_range_inside_the_file_writes_zeros(k: Kernel, f: Path) -> N
 def test_vmo_resized_directly_is_followed_by_flush(k: Kernel, f: Path) -> None:
     make_file(f, 2 * P)
     with FilePager(k, f, resizable=True) as fp:
-        fp.vmo.set_size(4 * P)
-        fp.vmo.write(b"end", 4 * P - 3)
-        fp.flush()
-        assert fp.size == 4 * P
-    assert f.stat().st_size == 4 * P
-    assert f.read_bytes()[-3:] == b"end"
+        fp.vmo.set_size(6 * P)
+        fp.vmo.write(b"mid", 3 * P)
+        fp.vmo.write(b"end", 6 * P - 3)
+        # Zero ranges and data pages interleave: [2, 3) zero, 3 data, [4, 5) zero, 5 data.
+        ranges = fp.pager.query_dirty_ranges(fp.vmo, 0, 6 * P)
+        assert [(r.offset // P, r.length // P, bool(r.options)) for r in ranges] == [
+            (2, 1, True), (3, 1, False), (4, 1, True), (5, 1, False)]
+        assert fp.flush() == 4
+        assert fp.size == 6 * P
+        assert fp.pager.query_dirty_ranges(fp.vmo, 0, 6 * P) == []
+        # Everything is Clean: it all goes, and comes back from the file.
+        k.reclaim(100)
+        assert fp.vmo.get_info().committed_bytes == 0
+        assert fp.vmo.read(3, 3 * P) == b"mid"
+        validate(k)
+    on_disk = f.read_bytes()
+    assert len(on_disk) == 6 * P
+    assert on_disk[2 * P:3 * P] == bytes(P) and on_disk[3 * P:3 * P + 3] == b"mid"
+    assert on_disk[4 * P:5 * P] == bytes(P) and on_disk[-3:] == b"end"
+    with FilePager(k, f) as fp:
+        assert fp.vmo.read(3, 3 * P) == b"mid"
 
 
 def test_children_of_the_file_vmo(k: Kernel, f: Path) -> None:

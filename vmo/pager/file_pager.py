@@ -11,13 +11,14 @@ built on the user pager. The file is cut into page-sized blocks; block ``n`` is 
   ``size``) read as zeros; an all-zero chunk is supplied as zero markers, not as pages.
 - *dirty*: with ``trap_dirty`` the VMO asks before a Clean page is first written (a DIRTY
   request); the pager acknowledges it (``PagerOp.DIRTY``). Without it pages simply turn Dirty.
-- *writeout*: `flush` asks the kernel which ranges are not Clean (`Pager.query_dirty_ranges`),
-  marks them ``WRITEBACK_BEGIN`` (zero ranges with ``WRITEBACK_BEGIN_ZERO_RANGE``), copies their
-  bytes out with `Vmo.read` and ``os.pwrite``\\s them to the file (zero ranges: ``pwrite`` of
-  zeros inside the file, ``ftruncate`` past its end), optionally ``fsync``\\s, and ends with
-  ``WRITEBACK_END``. A write that lands between BEGIN and END re-dirties its page, which END
-  then leaves Dirty: the next flush writes it again, so no store is ever lost. Clean pages are
-  what the kernel may evict (`Kernel.reclaim`); the next access reads them from the file again.
+- *writeout*: `flush` asks the kernel which ranges are not Clean (`Pager.query_dirty_ranges`)
+  and, range after range, marks it ``WRITEBACK_BEGIN`` (a zero range with
+  ``WRITEBACK_BEGIN_ZERO_RANGE``), copies its bytes out with `Vmo.read` and ``os.pwrite``\\s
+  them to the file (a zero range: ``pwrite`` of zeros inside the file, ``ftruncate`` past its
+  end), and ends it with ``WRITEBACK_END``; optionally ``fsync``\\s at the end. A write that
+  lands between BEGIN and END re-dirties its page, which END then leaves Dirty: the next flush
+  writes it again, so no store is ever lost. Clean pages are what the kernel may evict
+  (`Kernel.reclaim`); the next access reads them from the file again.
 
 The logical size. ``size`` (default: the file's size when opened) is the size in bytes that the
 file mirrors; the VMO is that size rounded up to whole pages. Like a ``mmap`` of a file, the tail
@@ -391,13 +392,18 @@ class FilePager:
     def flush(self, *, sync: bool = False) -> int:
         """Write every range that is not Clean back to the file; returns the pages written.
 
-        For each dirty range: WRITEBACK_BEGIN, read its bytes from the VMO, ``pwrite`` them
-        (clipped to the logical size), then (after ``fsync`` if ``sync``) WRITEBACK_END. A
-        flush with nothing dirty writes nothing: flushing twice is the same as once.
+        The ranges are written back one after the other, in order: WRITEBACK_BEGIN, read the
+        bytes from the VMO, ``pwrite`` them (clipped to the logical size), WRITEBACK_END. In
+        order and one at a time because the kernel tracks one AwaitingClean zero range only,
+        the one at the supply-zero offset: a zero range further on becomes writable back only
+        once the ranges before it are Clean. With ``sync`` the file is synced (``fsync``) before
+        flush returns. A flush with nothing dirty writes nothing: flushing twice is the same
+        as once.
 
         Raises ``ZxError(ERR_IO)`` (``ERR_NO_SPACE`` for a full disk) if the file cannot be
-        written: no WRITEBACK_END is sent, so every range of this flush stays un-Clean (Dirty
-        or AwaitingClean) and the next flush writes it again. ``ERR_BAD_HANDLE`` once closed.
+        written: the range being written gets no WRITEBACK_END, so it stays un-Clean (Dirty
+        or AwaitingClean) with every range after it, and the next flush writes them again.
+        ``ERR_BAD_HANDLE`` once closed.
         """
         if not isinstance(sync, bool):
             raise ZxError(Status.ERR_INVALID_ARGS, "sync must be a bool")
@@ -410,15 +416,12 @@ class FilePager:
                 # The VMO was resized behind our back (vmo.set_size): follow it.
                 self._size = vsize if vsize > self._size else min(self._size, vsize)
             logical = self._size
-            ranges = pager.query_dirty_ranges(vmo, 0, vsize)
-            begun: list[tuple[int, int]] = []
             pages = zero_pages = nbytes = 0
             try:
-                for r in ranges:
+                for r in pager.query_dirty_ranges(vmo, 0, vsize):
                     is_zero = bool(r.options & DirtyRangeOptions.IS_ZERO)
                     pager.op_range(PagerOp.WRITEBACK_BEGIN, vmo, r.offset, r.length,
                                    WRITEBACK_BEGIN_ZERO_RANGE if is_zero else 0)
-                    begun.append((r.offset, r.length))
                     end = min(r.offset + r.length, logical)
                     if is_zero:
                         nbytes += self._write_zeros(r.offset, end)
@@ -426,15 +429,17 @@ class FilePager:
                     else:
                         nbytes += self._write_data(r.offset, end)
                         pages += r.length // PAGE_SIZE
-                if sync and begun:
+                    # Clean once in the file's page cache: an evicted page is read back from
+                    # there, so it is correct before it is durable (``sync`` below).
+                    pager.op_range(PagerOp.WRITEBACK_END, vmo, r.offset, r.length)
+                if sync and pages + zero_pages:
                     os.fsync(self._fd)
             except OSError as e:
                 raise _zx_from_os(e, f"writing back to {self.path!r}", Status.ERR_IO) from e
-            for offset, length in begun:
-                pager.op_range(PagerOp.WRITEBACK_END, vmo, offset, length)
-            self._count(pages_written_back=pages, zero_pages_written_back=zero_pages,
-                        bytes_written=nbytes, flushes=1,
-                        flush_seconds=time.perf_counter() - t0)
+            finally:
+                self._count(pages_written_back=pages, zero_pages_written_back=zero_pages,
+                            bytes_written=nbytes, flush_seconds=time.perf_counter() - t0)
+            self._count(flushes=1)
             return pages + zero_pages
 
     def _write_data(self, start: int, end: int) -> int:
