@@ -623,12 +623,6 @@ def test_huge_pager_vmo_calls_that_must_be_cheap() -> None:
         validate(k)
 
 
-@pytest.mark.xfail(strict=True, raises=_Hang,
-                   reason="BUG: past supply_zero_offset, CowPages.dirty_ranges_locked, "
-                   "writeback_begin_locked and dirty_pages_locked walk every page offset of the "
-                   "range (page_list.get per page) instead of the committed pages, so "
-                   "query_dirty_ranges / WRITEBACK_BEGIN / DIRTY of a pager VMO resized up by a "
-                   "lot never finish (16 GiB of zero range: over 1 s; 2**64: forever)")
 @pytest.mark.parametrize("call", ["query_dirty_ranges", "WRITEBACK_BEGIN", "DIRTY"])
 def test_huge_zero_range_calls_finish(call: str) -> None:
     with Kernel(memory=16 * P) as k:
@@ -650,10 +644,6 @@ def test_huge_zero_range_calls_finish(call: str) -> None:
         validate(k)
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="BUG: supply_pages of a huge range resolves the aux range into a dense "
-                   "Python list (CowPages.take_pages_locked -> resolve_range) and raises "
-                   "MemoryError; it should be ZxError(ERR_NO_MEMORY) or walk committed pages")
 def test_supply_huge_range_is_a_zx_error() -> None:
     with Kernel(memory=16 * P) as k:
         pager = k.pager_create()

@@ -61,6 +61,10 @@ ABSENT = -2
 NO_SUPPLY_ZERO = 1 << 62
 # Pages handled per step by range operations that build per-page lists.
 COMMIT_CHUNK = 4096
+# The longest page request sent to a source (Zircon batches requests likewise).
+MAX_REQUEST_PAGES = 4096
+# The most pages one supply may carry: each becomes a page-list slot (a frame or a marker).
+MAX_SUPPLY_PAGES = 1 << 24
 
 _node_ids = itertools.count(1)
 
@@ -1376,6 +1380,10 @@ class CowPages:
         """
         assert not self.is_slice and self.page_source is None
         self._check_readable_locked()
+        if end - start > MAX_SUPPLY_PAGES:
+            raise ZxError(Status.ERR_NO_MEMORY,
+                          f"a supply of {end - start} pages is more than the page lists can "
+                          f"track at once ({MAX_SUPPLY_PAGES} pages)")
         self._check_not_pinned_locked(start, end)
         out: list[int] = []
         pmm = self.pmm
@@ -1413,7 +1421,15 @@ class CowPages:
         # Zero pages must become real pages to be dirtied: markers before supply_zero_offset
         # and gaps from it on. Allocate them all first so that a failure changes nothing.
         need = [off for off, v in self.page_list.items(start, min(end, szo)) if v == MARKER]
-        need += [off for off in range(max(start, szo), end) if self.page_list.get(off) == EMPTY]
+        if szo < end:
+            tail = max(start, szo)
+            gaps = (end - tail) - sum(1 for _ in self.page_list.items(tail, end))
+            if len(need) + gaps > self.pmm.free_frames:
+                raise ZxError(Status.ERR_NO_MEMORY,
+                              f"DIRTY needs {len(need) + gaps} zero pages, "
+                              f"{self.pmm.free_frames} are free")
+            present = {off for off, _ in self.page_list.items(tail, end)}
+            need += [off for off in range(tail, end) if off not in present]
         frames = self._alloc_locked(len(need), zero=True)
         for off, f in zip(need, frames, strict=True):
             pmm.dirty[f] = DirtyState.DIRTY
@@ -1438,9 +1454,8 @@ class CowPages:
         self._try_advance_supply_zero_offset_locked(start, end)
         szo = self.supply_zero_offset
         if start <= szo < end:
-            zero_end = szo
-            while zero_end < end and self.page_list.get(zero_end) == EMPTY:
-                zero_end += 1
+            nxt = self.page_list.first_in_range(szo, end)
+            zero_end = nxt[0] if nxt is not None else end
             self.awaiting_clean_zero_range_end = zero_end if zero_end > szo else 0
         # Later writes must be seen again, to dirty the pages anew.
         self.range_change_locked(start, end, RangeChangeOp.REMOVE_WRITE)
@@ -1484,14 +1499,19 @@ class CowPages:
         if run_len:
             out.append((run_start, run_len, False))
         if szo < end:
+            # Past supply_zero_offset only committed pages are listed; the gaps between them
+            # are the zero ranges (so a huge zero tail costs nothing to report).
             off = max(start, szo)
-            while off < end:
-                is_page = self.page_list.get(off) > 0
-                run = off
-                while run < end and (self.page_list.get(run) > 0) == is_page:
-                    run += 1
-                out.append((off, run - off, not is_page))
-                off = run
+            for page, _ in self.page_list.pages(off, end):
+                if page > off:
+                    out.append((off, page - off, True))
+                if out and not out[-1][2] and out[-1][0] + out[-1][1] == page:
+                    out[-1] = (out[-1][0], out[-1][1] + 1, False)
+                else:
+                    out.append((page, 1, False))
+                off = page + 1
+            if off < end:
+                out.append((off, end - off, True))
         return out
 
     def evict_page_locked(self, frame: int) -> bool:
@@ -1559,11 +1579,10 @@ def _run_length(offsets: list[int]) -> int:
 
 
 def _empty_run(node: CowPages, off: int, end: int) -> int:
-    n = 1
-    limit = min(end, node.supply_zero_offset)
-    while off + n < limit and node.page_list.get(off + n) == EMPTY:
-        n += 1
-    return n
+    """Length of the run of absent pages from ``off`` (at most `MAX_REQUEST_PAGES`)."""
+    limit = min(end, node.supply_zero_offset, off + MAX_REQUEST_PAGES)
+    nxt = node.page_list.first_in_range(off + 1, limit) if off + 1 < limit else None
+    return (nxt[0] if nxt is not None else max(limit, off + 1)) - off
 
 
 def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> bytes:
