@@ -506,13 +506,21 @@ class CowPages:
         return self._clone_cow_page_locked(off, owner, frame, owner_off)
 
     def _is_uni_accessible_locked(self, frame: int, off: int) -> bool:
+        """Can at most one side of this hidden node still see ``frame`` at ``off``?
+
+        Zircon answers from the children's limits alone. After a partial release a child's
+        limits can still cover an offset that no leaf below it sees any more; forking then
+        copies where it could migrate, and the copy left behind is seen by nobody (Zircon's
+        validator tolerates it under ``partial_cow_release``). Asking whether some leaf really
+        sees the page keeps every frame visible to a live VMO, which our accounting checks.
+        """
         if self.pmm.split[frame]:
             return True
+        seen_by = 0
         for child in self.children:
-            if not (child.parent_offset + child.parent_start_limit <= off
-                    < child.parent_offset + child.parent_limit):
-                return True
-        return False
+            if _first_seer(child, off - child.parent_offset) is not None:
+                seen_by += 1
+        return seen_by <= 1
 
     def _clone_cow_page_locked(self, off: int, owner: CowPages, frame: int,
                                owner_off: int) -> int:
@@ -891,12 +899,16 @@ class CowPages:
         left = parent.children[0] is self
         mine, other = (SPLIT_LEFT, SPLIT_RIGHT) if left else (SPLIT_RIGHT, SPLIT_LEFT)
         pmm = self.pmm
+        sibling = parent.children[1] if left else parent.children[0]
         for off, v in list(parent.page_list.items(p_start, p_end)):
             if v == MARKER:
                 if not sibling_visible:
                     parent.page_list.remove(off)
                 continue
-            if not sibling_visible or pmm.split[v] & other:
+            if (not sibling_visible or pmm.split[v] & other
+                    or _first_seer(sibling, off - sibling.parent_offset) is None):
+                # Nobody on the other side sees it (its limits may say otherwise after a
+                # partial release): free it rather than keep a page no VMO can see.
                 parent.page_list.remove(off)
                 freed.append(v)
                 continue
