@@ -18,7 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, multiple, precondition, rule
 
-from vmo import PAGE_SIZE, Mapping, Perms, Status, mapping
+from vmo import PAGE_SIZE, Mapping, Perms, Status, VmoOp, mapping
 from vmo.pager.fault_handler import unavailable_reason
 from vmo.testing import OVmo, VmoStateMachine
 from vmo.testing import strategies as vs
@@ -180,6 +180,44 @@ class MappingMachine(VmoStateMachine):
         self.expect("mprotect", status, lambda: m.protect(perms))
         if status is None:
             om.perms = perms
+
+    @precondition(lambda self: self.omaps)
+    @rule(target=VmoStateMachine.vmos, i=st.integers(0, 63), at=vs.positions(),
+          seed=vs.seeds,
+          op=st.sampled_from(["snapshot", "snapshot", "vmo_write", "zero", "decommit",
+                              "resize", "dedup"]))
+    def store_op_store(self, i: int, at: tuple[int, int], seed: int, op: str) -> Any:
+        """A store, a VMO operation, another store, then loads, all in one step: the
+        invariants read every VMO after each step, and their reads recall every checked-out
+        page, which would hide a missing recall or write-protect in the operation."""
+        om, m = self.omaps[i % len(self.omaps)], self.rmaps[i % len(self.rmaps)]
+        start, length = self._span(om, at, 64)
+        self.mstore(i, at, 64, seed)
+        ov = om.ov
+        base, delta = ov.target()
+        offset = (om.offset + start) // PS * PS
+        out: Any = multiple()
+        if op == "snapshot":
+            child = self._create_child(ov, "snapshot", 0, max(ov.size, PS), False, False)
+            if isinstance(child, OVmo):
+                out = child
+        elif op == "vmo_write":
+            self._write_at(ov, om.offset + start + 1, vs.payload(seed + 1, 8))
+        elif op in ("zero", "decommit"):
+            name = op.upper()
+            status, _ = self.oracle.op_range(ov, name, offset, PS)
+            self.expect(f"op:{name}", status,
+                        lambda: self.real[ov.koid].op_range(VmoOp[name], offset, PS))
+        elif op == "resize":
+            self.set_size(ov, offset + PS)
+        else:
+            self.kernel_op("dedup")
+        self.mstore(i, at, 64, seed + 2)
+        self.mload(i, at, 64)
+        for other_om, other in zip(self.omaps, self.rmaps, strict=True):
+            if other_om.ov is ov and other is not m:
+                self.mload(self.rmaps.index(other), at, 64)
+        return out
 
     # ------------------------------------------------------------------ invariants
 
