@@ -295,17 +295,17 @@ def test_write_during_flush_is_not_lost(k: Kernel, f: Path, monkeypatch: Any) ->
     with FilePager(k, f) as fp:
         v = fp.vmo
         v.write(b"first", P)
-        real_pwrite = os.pwrite
+        real_pwritev = os.pwritev
 
-        def pwrite_then_race(fd: int, data: Any, offset: int) -> int:
-            n = real_pwrite(fd, data, offset)
+        def pwrite_then_race(fd: int, buffers: Any, offset: int) -> int:
+            n = real_pwritev(fd, buffers, offset)
             if offset == P:
-                v.write(b"SECOND", P)  # after the bytes were copied out, before END
+                v.write(b"SECOND", P)  # after the bytes were written out, before END
             return n
 
-        monkeypatch.setattr(os, "pwrite", pwrite_then_race)
+        monkeypatch.setattr(os, "pwritev", pwrite_then_race)
         assert fp.flush() == 1
-        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        monkeypatch.setattr(os, "pwritev", real_pwritev)
         assert f.read_bytes()[P:P + 5] == b"first"
         # The racing write left the page Dirty: the next flush writes it.
         assert [r.offset for r in fp.pager.query_dirty_ranges(v, 0, 4 * P)] == [P]
@@ -609,7 +609,7 @@ def test_write_error_in_flush(k: Kernel, f: Path, monkeypatch: Any) -> None:
         def full(fd: int, buf: Any, off: int) -> int:
             raise OSError(errno.ENOSPC, "disk full")
 
-        monkeypatch.setattr(os, "pwrite", full)
+        monkeypatch.setattr(os, "pwritev", full)
         with pytest.raises(ZxError) as e:
             fp.flush()
         assert e.value.status == Status.ERR_NO_SPACE

@@ -112,3 +112,12 @@ def name(value: Any, max_bytes: int) -> str:
     except UnicodeEncodeError as e:
         raise ZxError(Status.ERR_INVALID_ARGS, f"name is not encodable as UTF-8: {e}") from None
     return raw[:max_bytes].decode("utf-8", errors="ignore").split("\0", 1)[0]
+
+
+def fd(name: str, value: Any) -> int:
+    """An open file descriptor number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} must be an int, not {type(value).__name__}")
+    if value < 0 or value >= 1 << 31:
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is not a file descriptor")
+    return value

@@ -33,7 +33,9 @@ whose name ends in ``_locked`` expects the hierarchy lock held.
 from __future__ import annotations
 
 import enum
+import errno
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -261,6 +263,17 @@ class CowPages:
             pmm.set_queue(frame, PageQueue.ANONYMOUS)
         return old
 
+    def _place_run_locked(self, start: int, frames: list[int], dirty: int) -> None:
+        """`_place_locked` for consecutive empty slots, in bulk (node slices, column slices)."""
+        self.page_list.fill_empty_run(start, frames)
+        if self.page_source is None:
+            queue = PageQueue.ANONYMOUS
+        elif dirty in (DirtyState.CLEAN, DirtyState.UNTRACKED):
+            queue = PageQueue.PAGER_BACKED
+        else:
+            queue = PageQueue.PAGER_BACKED_DIRTY
+        self.pmm.place_many(frames, self, start, queue, dirty)
+
     def _move_frame_locked(self, frame: int, dst: CowPages, dst_off: int) -> None:
         """Backlink update for a frame moving between page lists (no queue change needed)."""
         self.pmm.set_owner(frame, dst, dst_off)
@@ -439,10 +452,7 @@ class CowPages:
         if absent:
             raise NeedPages(self.root(), absent[0], _run_length(absent))
         if self.root().page_source is not None:
-            pmm = self.pmm
-            for f in frames:
-                if f:
-                    pmm.touch(f)
+            self.pmm.touch_many(frames)
         return frames
 
     def _check_readable_locked(self) -> None:
@@ -602,9 +612,7 @@ class CowPages:
             raise NeedPages(root, absent[0], _run_length(absent))
         pmm = self.pmm
         if self.root().page_source is not None:
-            for f in frames:
-                if f:
-                    pmm.touch(f)
+            pmm.touch_many(frames)
         return _gather(pmm, frames, offset - first * PAGE_SIZE, length)
 
     def write_locked(self, data: memoryview, offset: int) -> None:
@@ -627,6 +635,57 @@ class CowPages:
         if self.is_source_preserving():
             self.modified = True
 
+    def write_from_fd_locked(self, fd: int, offset: int, length: int, fd_offset: int) -> int:
+        """Fill bytes ``[offset, offset + length)`` straight from ``fd`` at ``fd_offset`` with
+        ``preadv`` into the frames (no intermediate buffer). Bytes past the end of the file
+        become zeros. Returns the bytes read from the file."""
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            return parent.write_from_fd_locked(fd, offset + poff * PAGE_SIZE, length, fd_offset)
+        self._check_readable_locked()
+        if length == 0:
+            return 0
+        first = offset // PAGE_SIZE
+        last = (offset + length - 1) // PAGE_SIZE + 1
+        frames = self._writable_frames_locked(first, last, -(-offset // PAGE_SIZE),
+                                              (offset + length) // PAGE_SIZE)
+        pmm = self.pmm
+        if pmm.coherence is not None:
+            pmm.coherence.before_write(frames)
+        views = _frame_views(pmm, frames, offset - first * PAGE_SIZE, length)
+        got = _vectored_io(os.preadv, fd, views, fd_offset)
+        if got < length:
+            _zero_views_from(views, got)
+        if self.is_source_preserving():
+            self.modified = True
+        return got
+
+    def read_to_fd_locked(self, fd: int, offset: int, length: int, fd_offset: int) -> int:
+        """Write bytes ``[offset, offset + length)`` to ``fd`` at ``fd_offset`` with ``pwritev``
+        straight from the frames. Raises `NeedPages` for absent pages first."""
+        if self.is_slice:
+            parent, poff = self.slice_parent()
+            return parent.read_to_fd_locked(fd, offset + poff * PAGE_SIZE, length, fd_offset)
+        self._check_readable_locked()
+        if length == 0:
+            return 0
+        first = offset // PAGE_SIZE
+        last = (offset + length - 1) // PAGE_SIZE + 1
+        frames, absent = self.resolve_range(first, last)
+        if absent:
+            root = self.root()
+            raise NeedPages(root, absent[0], _run_length(absent))
+        pmm = self.pmm
+        if self.root().page_source is not None:
+            pmm.touch_many(frames)
+        if pmm.coherence is not None:
+            pmm.coherence.before_read([f for f in frames if f != ZERO_FRAME])
+        views = _frame_views(pmm, frames, offset - first * PAGE_SIZE, length)
+        written = _vectored_io(os.pwritev, fd, views, fd_offset)
+        if written < length:
+            raise ZxError(Status.ERR_IO, f"short write: {written} of {length} bytes")
+        return written
+
     def _writable_frames_locked(self, first: int, last: int, overwritten_from: int = 0,
                                 overwritten_to: int = 0) -> list[int]:
         """Frames this node owns for every page of ``[first, last)``, committing as needed.
@@ -644,8 +703,12 @@ class CowPages:
                 for i, f in zip(missing, new, strict=True):
                     if not overwritten_from <= first + i < overwritten_to:
                         pmm.zero_frame(f)
-                    self._place_locked(first + i, f)
                     dense[i] = f
+                if len(missing) == last - first and not self.page_list.any_in_range(first, last):
+                    self._place_run_locked(first, new, DirtyState.UNTRACKED)
+                else:
+                    for i in missing:
+                        self._place_locked(first + i, dense[i])
                 self.range_change_locked(first, last, RangeChangeOp.UNMAP)
                 self.hier.generation += 1
             return dense
@@ -1363,6 +1426,25 @@ class CowPages:
         assert src is not None
         rejected: list[int] = []
         pmm = self.pmm
+        end = start + len(slots)
+        if end <= self.supply_zero_offset and not self.page_list.any_in_range(start, end):
+            # Every slot is absent (the usual answer to a request): place them all at once.
+            self.page_list.fill_empty_run(start, slots)
+            i = 0
+            while i < len(slots):
+                if slots[i] <= 0:
+                    i += 1
+                    continue
+                j = i + 1
+                while j < len(slots) and slots[j] > 0:
+                    j += 1
+                pmm.place_many(slots[i:j], self, start + i, PageQueue.PAGER_BACKED,
+                               DirtyState.CLEAN)
+                i = j
+            self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+            src.on_pages_supplied(self, start, len(slots))
+            self.hier.generation += 1
+            return rejected
         run_start, run_len = start, 0
         for i, v in enumerate(slots):
             off = start + i
@@ -1399,6 +1481,14 @@ class CowPages:
         self._check_not_pinned_locked(start, end)
         out: list[int] = []
         pmm = self.pmm
+        if self.parent is None:
+            # A root: its own slots are the whole story. Take them in one sweep.
+            self.range_change_locked(start, end, RangeChangeOp.UNMAP)
+            dense = self.page_list.dense(start, end)
+            self.page_list.clear_range(start, end)
+            pmm.unown_many([v for v in dense if v > 0])
+            self.hier.generation += 1
+            return [v if v > 0 else MARKER for v in dense]
         frames, _ = self.resolve_range(start, end)
         for i, f in enumerate(frames):
             off = start + i
@@ -1460,9 +1550,10 @@ class CowPages:
     def writeback_begin_locked(self, start: int, end: int) -> None:
         """Seed: ``WritebackBeginLocked``: Dirty pages become AwaitingClean."""
         pmm = self.pmm
-        for off, v in list(self.page_list.pages(start, end)):
-            if pmm.dirty[v] == DirtyState.DIRTY:
-                self._set_dirty_state_locked(v, off, DirtyState.AWAITING_CLEAN)
+        dirty = pmm.dirty
+        pmm.set_dirty_many([v for _, v in self.page_list.pages(start, end)
+                            if dirty[v] == DirtyState.DIRTY],
+                           DirtyState.AWAITING_CLEAN, PageQueue.PAGER_BACKED_DIRTY)
         self._try_advance_supply_zero_offset_locked(start, end)
         szo = self.supply_zero_offset
         if start <= szo < end:
@@ -1479,9 +1570,10 @@ class CowPages:
         szo = self.supply_zero_offset
         if start > szo:
             return
-        for off, v in list(self.page_list.pages(start, min(end, szo))):
-            if pmm.dirty[v] == DirtyState.AWAITING_CLEAN:
-                self._set_dirty_state_locked(v, off, DirtyState.CLEAN)
+        dirty = pmm.dirty
+        pmm.set_dirty_many([v for _, v in self.page_list.pages(start, min(end, szo))
+                            if dirty[v] == DirtyState.AWAITING_CLEAN],
+                           DirtyState.CLEAN, PageQueue.PAGER_BACKED)
         if end <= szo or self.awaiting_clean_zero_range_end == 0:
             return
         zero_end = min(self.awaiting_clean_zero_range_end, end)
@@ -1633,6 +1725,86 @@ def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> b
     if len(chunks) == 1:
         return bytes(chunks[0])
     return b"".join(chunks)
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def _frame_views(pmm: PhysicalMemory, frames: list[int], skip: int,
+                 length: int) -> list[memoryview]:
+    """Memoryviews covering ``length`` bytes of ``frames`` from byte ``skip``: one per run of
+    consecutive frames; runs of the zero frame map to a shared read-only zero buffer."""
+    views: list[memoryview] = []
+    physmap = pmm.physmap
+    i, n = 0, len(frames)
+    pos = -skip
+    while i < n:
+        f = frames[i]
+        j = i + 1
+        if f == ZERO_FRAME:
+            while j < n and frames[j] == ZERO_FRAME:
+                j += 1
+        else:
+            while j < n and frames[j] == f + (j - i):
+                j += 1
+        run_start, run_end = pos, pos + (j - i) * PAGE_SIZE
+        lo, hi = max(0, run_start), min(length, run_end)
+        if lo < hi:
+            if f == ZERO_FRAME:
+                size = hi - lo
+                while size:
+                    step = min(size, len(_ZEROS))
+                    views.append(_ZEROS[:step])
+                    size -= step
+            else:
+                base = f * PAGE_SIZE + (lo - run_start)
+                views.append(physmap[base: base + (hi - lo)])
+        pos = run_end
+        i = j
+    return views
+
+
+def _vectored_io(call: Callable[[int, Any, int], int], fd: int, views: list[memoryview],
+                 offset: int) -> int:
+    """``preadv``/``pwritev`` over ``views`` in IOV_MAX batches until done or end of file."""
+    done = 0
+    i = 0
+    while i < len(views):
+        batch = views[i:i + _IOV_MAX]
+        want = sum(len(v) for v in batch)
+        try:
+            n = call(fd, batch, offset + done)
+        except OSError as e:
+            status = Status.ERR_NO_SPACE if e.errno == errno.ENOSPC else Status.ERR_IO
+            raise ZxError(status, f"file I/O failed at offset {offset + done}: {e}") from e
+        done += n
+        if n < want:
+            # Short: end of file (reads), or a partial write; resume inside the batch once.
+            if n == 0:
+                return done
+            rest: list[memoryview] = []
+            skip = n
+            for v in batch:
+                if skip >= len(v):
+                    skip -= len(v)
+                    continue
+                rest.append(v[skip:])
+                skip = 0
+            views = rest + views[i + len(batch):]
+            i = 0
+            continue
+        i += len(batch)
+    return done
+
+
+def _zero_views_from(views: list[memoryview], skip: int) -> None:
+    for v in views:
+        if skip >= len(v):
+            skip -= len(v)
+            continue
+        v[skip:] = bytes(len(v) - skip)
+        skip = 0
 
 
 def _scatter(pmm: PhysicalMemory, frames: list[int], skip: int, data: memoryview) -> None:

@@ -144,6 +144,51 @@ class PageList:
             if v != EMPTY:
                 self.set(start + i, v)
 
+    def fill_empty_run(self, start: int, values: list[int]) -> None:
+        """Store ``values[i]`` at ``start + i`` where those slots are empty (fast `set_run`).
+
+        The caller guarantees the slots are empty and the values non-empty: each node is
+        filled with one slice assignment.
+        """
+        nodes = self._nodes
+        i, n = 0, len(values)
+        while i < n:
+            off = start + i
+            key = off >> _SHIFT
+            node = nodes.get(key)
+            if node is None:
+                node = _new_node()
+                nodes[key] = node
+            lo = off & _MASK
+            take = min(NODE_PAGES - lo, n - i)
+            node[lo:lo + take] = array("q", values[i:i + take])
+            node[NODE_PAGES] += take
+            self._entries += take
+            i += take
+
+    def clear_range(self, start: int, end: int) -> list[int]:
+        """Empty every slot of ``[start, end)``; returns the frames (not markers) removed.
+
+        Whole nodes are dropped at once and partial ones cleared by slice."""
+        nodes = self._nodes
+        frames: list[int] = []
+        if end <= start or not nodes:
+            return frames
+        for key in list(nodes.irange(start >> _SHIFT, (end - 1) >> _SHIFT)):
+            node = nodes[key]
+            base = key << _SHIFT
+            lo, hi = max(start, base) - base, min(end, base + NODE_PAGES) - base
+            part = node[lo:hi]
+            removed = sum(1 for v in part if v != EMPTY)
+            frames.extend(v for v in part if v > 0)
+            if removed == node[NODE_PAGES]:
+                del nodes[key]
+            else:
+                node[lo:hi] = array("q", bytes(8 * (hi - lo)))
+                node[NODE_PAGES] -= removed
+            self._entries -= removed
+        return frames
+
     # -- whole-list properties ------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -220,6 +220,86 @@ class PhysicalMemory:
         self.owner[frame] = owner
         self.offset[frame] = offset
 
+    def place_many(self, frames: Sequence[int], owner: Any, first_offset: int,
+                   queue: PageQueue, dirty: int) -> None:
+        """Own ``frames[i]`` by ``owner`` at ``first_offset + i`` in one pass (bulk
+        `set_owner` + `set_queue`); runs of consecutive frames are written as slices."""
+        n = len(frames)
+        if not n:
+            return
+        f0 = frames[0]
+        if frames[-1] - f0 == n - 1 and (n < 3 or frames[1] == f0 + 1):
+            # Consecutive frames (what the allocator hands out): column slices, C speed.
+            end = f0 + n
+            self.state[f0:end] = bytes([FrameState.OBJECT]) * n
+            self.split[f0:end] = bytes(n)
+            self.dirty[f0:end] = bytes([dirty]) * n
+            self.owner[f0:end] = [owner] * n
+            self.offset[f0:end] = array("q", range(first_offset, first_offset + n))
+            old = self.queue[f0:end]
+            self.queue[f0:end] = bytes([queue]) * n
+        else:
+            old = bytes(self.queue[f] for f in frames)
+            state, split, dirt, own, offs, q = (self.state, self.split, self.dirty, self.owner,
+                                                self.offset, self.queue)
+            for i, f in enumerate(frames):
+                state[f] = FrameState.OBJECT
+                split[f] = 0
+                dirt[f] = dirty
+                own[f] = owner
+                offs[f] = first_offset + i
+                q[f] = queue
+        if any(b > PageQueue.ANONYMOUS for b in old):
+            for f, b in zip(frames, old, strict=True):
+                if b > PageQueue.ANONYMOUS and b != queue:
+                    self.queues[b].pop(f, None)  # type: ignore[index]
+        if queue > PageQueue.ANONYMOUS:
+            self.queues[queue].update(dict.fromkeys(frames))
+
+    def unown_many(self, frames: Sequence[int]) -> None:
+        """Frames leave their page list but stay allocated (in flight between VMOs)."""
+        state, own, q, split = self.state, self.owner, self.queue, self.split
+        for f in frames:
+            b = q[f]
+            if b > PageQueue.ANONYMOUS:
+                self.queues[b].pop(f, None)  # type: ignore[index]
+            q[f] = 0
+            state[f] = FrameState.ALLOC
+            own[f] = None
+            split[f] = 0
+
+    def set_dirty_many(self, frames: Sequence[int], dirty: int, queue: PageQueue) -> None:
+        """Set the dirty state of ``frames`` and move the unpinned ones to ``queue``."""
+        d, q, pin = self.dirty, self.queue, self.pin_count
+        target = self.queues[queue]
+        for f in frames:
+            d[f] = dirty
+            if pin[f]:
+                continue
+            b = q[f]
+            if b != queue:
+                if b > PageQueue.ANONYMOUS:
+                    self.queues[b].pop(f, None)  # type: ignore[index]
+                q[f] = queue
+                target[f] = None
+
+    def touch_many(self, frames: Sequence[int]) -> None:
+        """`touch` for many frames: exact LRU order, with the reinsertion done in one C call."""
+        q = self.queue
+        active = PageQueue.PAGER_BACKED
+        inactive = PageQueue.PAGER_BACKED_INACTIVE
+        moved = [f for f in frames if q[f] == active or q[f] == inactive]
+        if not moved:
+            return
+        d = self.queues[active]
+        for f in moved:
+            if q[f] == inactive:
+                self.queues[inactive].pop(f, None)
+                q[f] = active
+            else:
+                del d[f]
+        d.update(dict.fromkeys(moved))
+
     def set_queue(self, frame: int, queue: PageQueue) -> None:
         """Move ``frame`` to the tail (most recently used end) of ``queue``.
 

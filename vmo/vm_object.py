@@ -123,6 +123,41 @@ class Vmo:
 
         self._locked_retry(op)
 
+    def write_from_fd(self, fd: int, length: int, offset: int = 0, fd_offset: int = 0) -> int:
+        """Fill ``[offset, offset + length)`` from the file ``fd`` at ``fd_offset``: a
+        ``zx_vmo_write`` whose data comes straight from a file (``preadv`` into the VMO's pages,
+        no intermediate copy). Bytes past the end of the file are written as zeros. Returns the
+        bytes read from the file. An I/O error (``ERR_IO``) may leave part of the range
+        written."""
+        self._check_open()
+        fd = _args.fd("fd", fd)
+        length = _args.u64("length", length)
+        offset = _args.u64("offset", offset)
+        fd_offset = _args.u64("fd_offset", fd_offset)
+        self._require_write("write_from_fd")
+
+        def op() -> int:
+            _args.in_range("write", offset, length, self._size())
+            return self.cow.write_from_fd_locked(fd, offset, length, fd_offset)
+
+        return self._locked_retry(op)
+
+    def read_to_fd(self, fd: int, length: int, offset: int = 0, fd_offset: int = 0) -> int:
+        """Write ``[offset, offset + length)`` to the file ``fd`` at ``fd_offset``: a
+        ``zx_vmo_read`` whose destination is a file (``pwritev`` straight from the VMO's pages).
+        Returns the bytes written."""
+        self._check_open()
+        fd = _args.fd("fd", fd)
+        length = _args.u64("length", length)
+        offset = _args.u64("offset", offset)
+        fd_offset = _args.u64("fd_offset", fd_offset)
+
+        def op() -> int:
+            _args.in_range("read", offset, length, self._size())
+            return self.cow.read_to_fd_locked(fd, offset, length, fd_offset)
+
+        return self._locked_retry(op)
+
     # ---------------------------------------------------------------- size
 
     def get_size(self) -> int:

@@ -244,12 +244,11 @@ class FilePager:
         with self._counters_lock:
             return FilePagerMetrics(**self._counters)  # type: ignore[arg-type]
 
-    def _scratch(self) -> tuple[Vmo, bytearray]:
-        """This thread's aux VMO and read buffer, both one chunk large.
+    def _scratch(self) -> Vmo:
+        """This thread's aux VMO, one chunk large.
 
-        The aux VMO holds no memory between requests (supply_pages moves its pages out); the
-        buffer is reused so that each chunk is read with one ``preadv`` into memory that is
-        already mapped, not into a fresh megabyte that faults in page by page.
+        It holds no memory between requests: the file is read straight into its pages
+        (`Vmo.write_from_fd`) and supply_pages moves them out.
         """
         local = self._local
         aux: Vmo | None = getattr(local, "aux", None)
@@ -257,10 +256,9 @@ class FilePager:
             aux = self.kernel.vmo_create(self.chunk_size)
             aux.name = "file-pager-aux"
             local.aux = aux
-            local.buf = bytearray(self.chunk_size)
             with self._aux_lock:
                 self._aux.append(aux)
-        return aux, local.buf
+        return aux
 
     # ---------------------------------------------------------------- serving (loadblk)
 
@@ -307,8 +305,7 @@ class FilePager:
             # Clip to the VMO as it is now; a shrink racing with us makes the supply fail with
             # ERR_OUT_OF_RANGE, which `handle` drops.
             served_end = max(end, min(end + self.readahead, vmo.get_size()))
-        aux, buf = self._scratch()
-        view = memoryview(buf)
+        aux = self._scratch()
         fd = self._fd
         logical = self._size
         pages_read = zero_pages = 0
@@ -318,20 +315,16 @@ class FilePager:
             n = min(self.chunk_size, served_end - off)
             want = max(0, min(n, logical - off))
             got = 0
+            if want and not _has_data(fd, off, off + want):
+                want = 0  # a hole in the file: supplied as zero markers, read from nowhere
             try:
-                while got < want:
-                    r = os.preadv(fd, [view[got:want]], off + got)
-                    if r <= 0:
-                        break  # the end of the file: the rest reads as zeros
-                    got += r
-            except OSError as e:
-                raise ZxError(Status.ERR_IO, f"read of {self.path!r} at {off:#x}: {e}") from e
-            nbytes += got
-            try:
-                if got and not _all_zero(buf, got):
-                    aux.write(view[:got])
-                else:
-                    got = 0  # all zeros: the aux range stays empty, supplied as markers
+                if want:
+                    # preadv straight into the aux VMO's pages. The rest of the last page
+                    # (past the end of the file or the logical size) is zero, as the aux VMO's
+                    # fresh pages are; pages wholly past it stay empty in aux and are supplied
+                    # as zero markers.
+                    got = aux.write_from_fd(fd, want, 0, off)
+                    nbytes += got
                 self.pager.supply_pages(vmo, off, n, aux, 0)
             except BaseException:
                 # The supply did not take the pages: empty the aux VMO, or a later, shorter
@@ -443,12 +436,12 @@ class FilePager:
             return pages + zero_pages
 
     def _write_data(self, start: int, end: int) -> int:
+        """``pwritev`` straight from the VMO's pages (`Vmo.read_to_fd`), a chunk at a time."""
         written = 0
         off = start
         while off < end:
             n = min(self.chunk_size, end - off)
-            data = self.vmo.read(n, off)
-            written += _pwrite_all(self._fd, data, off)
+            written += self.vmo.read_to_fd(self._fd, n, off, off)
             off += n
         return written
 
@@ -533,6 +526,15 @@ class FilePager:
     def __exit__(self, *exc: object) -> None:
         if not self._closed:
             self.close()
+
+
+def _has_data(fd: int, start: int, end: int) -> bool:
+    """Does the file hold data (not a hole) anywhere in ``[start, end)``? ``SEEK_DATA`` asks the
+    filesystem, without reading; where it cannot tell, assume data."""
+    try:
+        return os.lseek(fd, start, os.SEEK_DATA) < end
+    except OSError as e:
+        return e.errno != errno.ENXIO  # ENXIO: no data past start
 
 
 def _all_zero(buf: bytearray, n: int) -> bool:
