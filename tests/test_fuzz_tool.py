@@ -132,6 +132,24 @@ def test_failing_machine_gives_a_repro_that_fails(tiny: type, tmp_path: Path) ->
     assert isinstance(replay(f.program, tiny), AssertionError)
 
 
+def test_program_lines_are_told_from_notes() -> None:
+    """Rules with two targets print ``a = b = state.rule(...)``; a note of the machine (a
+    dump) is not a program line (a campaign once dropped the former and kept nothing else)."""
+    from vmo.testing.run import _split_notes
+
+    notes = ["Falsifying example:", "state = VmoStateMachine()",
+             "vmos_2 = discardables_0 = state.create_discardable(npages=0, seed=1)",
+             "vmos_3, vmos_4 = state.rule_with_two_results()\nother_0, other_1 = vmos_3, vmos_4",
+             "#1 hidden size 0x2000 pages 2\n    0x0: frame 1 (L.)",
+             "state.lock_discardable(d=discardables_0, op='LOCK')", "state.hierarchy_valid()",
+             "state.teardown()", "Explanation: ..."]
+    program, other = _split_notes(notes)
+    assert program.splitlines()[1].startswith("vmos_2 = discardables_0 = state.")
+    assert len(program.splitlines()) == 7
+    assert other == [notes[4], notes[-1]]
+    assert program_steps(program, {"hierarchy_valid"}) == 3
+
+
 def test_repro_of_a_passing_program_passes(tmp_path: Path) -> None:
     """A repro of the real machine, once "fixed" (here: a program that never failed), passes."""
     from vmo.testing.run import Failure

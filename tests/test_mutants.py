@@ -45,9 +45,9 @@ def test_mutant_applies_and_is_undone(mutant: Mutant) -> None:
 def test_stale_mutant_fails_loudly() -> None:
     m = Mutant(name="gone", target="vmo.cow_pages:CowPages.resize_locked",
                old="this text is not in the source", new="pass", description="stale")
-    with pytest.raises(StaleMutant, match="stale mutant gone: target text not found"):
-        with m.applied():
-            pass
+    with pytest.raises(StaleMutant, match="stale mutant gone: target text not found"), \
+            m.applied():
+        pass
     twice = Mutant(name="twice", target="vmo.cow_pages:CowPages.resize_locked",
                    old="self", new="this", description="ambiguous")
     with pytest.raises(StaleMutant, match="found"):

@@ -11,5 +11,5 @@ MUTANT = Mutant(
     old='                    child.parent_limit = min(child.parent_limit, new_size - child.parent_offset)\n',
     new='                    pass  # MUTANT: children keep seeing the old tail\n',
     description=__doc__.strip(),
-    machine='vmo.testing.pager_machine:PagerStateMachine',
+    machine="vmo.testing.pager_cow:PagerCowMachine",
 )

@@ -10,5 +10,5 @@ MUTANT = Mutant(
     old='                child_limit = min(child_limit, cur.parent_limit - off)\n',
     new='                pass  # MUTANT: the limit is not clipped on the way up\n',
     description=__doc__.strip(),
-    machine='vmo.testing.pager_machine:PagerStateMachine',
+    machine="vmo.testing.pager_cow:PagerCowMachine",
 )

@@ -376,8 +376,7 @@ def _mutant_table(args: argparse.Namespace) -> int:
 
     results = run_mutants(names, seconds=seconds, jobs=args.jobs, seed=args.seed or 0,
                           catalog=args.mutants_dir,
-                          repro_dir=Path(args.failures_dir) / "mutants"
-                          if args.failures_dir else None, machine=args.machine,
+                          repro_dir=args.failures_dir, machine=args.machine,
                           on_event=on_event)
     _print_mutant_table(results, display, seconds)
     survivors = [r.name for r in results if not r.killed]

@@ -18,7 +18,7 @@ turns into a pytest file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from hypothesis.stateful import Bundle, MultipleResults, RuleBasedStateMachine
@@ -141,7 +141,7 @@ class Program:
 
 
 def _rules(machine: type) -> tuple[list[Any], list[Any], list[Any]]:
-    st = machine.setup_state()
+    st = cast(type[RuleBasedStateMachine], machine).setup_state()
     rules = sorted(st.rules, key=lambda r: r.function.__name__)
     inits = sorted(st.initializers, key=lambda r: r.function.__name__)
     return rules, inits, list(st.invariants)

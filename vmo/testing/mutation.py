@@ -260,7 +260,8 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
             "MUTANT.applied()")
     with mutant.applied():
         result = run(machine, seconds=seconds, seed=seed, settings=settings,
-                     repro_dir=repro_dir, repro_context=context, progress=progress,
+                     repro_dir=repro_dir, repro_context=context,
+                     repro_name=f"test_mutant_{mutant.name}", progress=progress,
                      shrink_seconds=shrink_seconds)
     f = result.failure
     if f is None:

@@ -38,7 +38,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from hypothesis import HealthCheck, Phase
@@ -46,6 +46,7 @@ from hypothesis import settings as Settings  # noqa: N812 - the class, not a pro
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from hypothesis.errors import HypothesisException
 from hypothesis.internal.reflection import function_digest
+from hypothesis.reporting import with_reporter
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test
 
 __all__ = [
@@ -390,6 +391,9 @@ class _Campaign:
     progress_interval: float = 0.5
     jobs: int = 1
     failing_since: float | None = None
+    #: Once a program failed, hypothesis normally shrinks and reports it; should it not (a
+    #: failure that never replays, an error outside the program), stop after this long.
+    give_up_after: float = 900.0
     validate_seconds: float = 0.0
     stopped: bool = False
     _last_progress: float = 0.0
@@ -401,6 +405,9 @@ class _Campaign:
             self._last_progress = now
             self.progress(self.snapshot(now))
         if self.failing_since is not None:
+            if now - self.failing_since > self.give_up_after:
+                self.stopped = True
+                raise _Stop
             return  # let hypothesis shrink and report
         if ((self.deadline is not None and now >= self.deadline)
                 or (self.max_steps is not None and self.stats["steps"] >= self.max_steps)
@@ -484,7 +491,8 @@ def _run_single(machine: type[RuleBasedStateMachine], *, seconds: float | None,
                 database: Any, progress: Callable[[Progress], None] | None,
                 progress_interval: float, stop_event: Any, start: float, jobs: int,
                 probes: bool) -> dict[str, Any]:
-    """One process's campaign. Returns a picklable dict (see `_result_from`)."""
+    """One process's campaign. Returns a picklable dict (the fields of `RunResult` and of
+    `Failure`), which job processes send to the parent as is."""
     stats: Counter[str] = Counter()
     campaign = _Campaign(
         stats=stats, start=start, deadline=None if seconds is None else start + seconds,
@@ -500,17 +508,26 @@ def _run_single(machine: type[RuleBasedStateMachine], *, seconds: float | None,
     failure: dict[str, Any] | None = None
     interrupted = False
     probe_ctx = CoreProbes(stats) if probes else contextlib.nullcontext()
+    # What hypothesis reports outside the final replay (e.g. "stopped shrinking") goes with
+    # the failure's notes rather than to stdout, which may be a live display or JSON.
+    reports: list[str] = []
     try:
-        with probe_ctx:
+        with probe_ctx, with_reporter(lambda text: reports.append(str(text))):
             test()
     except _Stop:
-        pass
+        if campaign.failing_since is not None:
+            failure = {
+                "kind": "Unreported", "program": "", "program_steps": 0, "traceback": "",
+                "message": f"a program failed but hypothesis did not report it within "
+                           f"{campaign.give_up_after:g} s (not reproducible?)",
+                "seed": seed, "found_after": campaign.failing_since - start, "notes": []}
     except KeyboardInterrupt:
         interrupted = True
     except BaseException as e:  # noqa: BLE001 - whatever the program raised is the finding
         if isinstance(e, SystemExit) and not campaign.failing_since:
             raise
         failure = _failure_dict(e, machine, seed, campaign)
+        failure["notes"] += [r for r in reports if r.strip()]
     return {
         "stats": dict(stats), "failure": failure, "interrupted": interrupted,
         "validate_seconds": campaign.validate_seconds, "seed": seed,
@@ -537,12 +554,29 @@ def _failure_dict(e: BaseException, machine: type, seed: int,
 
 def _invariant_names(machine: type) -> set[str]:
     try:
-        return {inv.function.__name__ for inv in machine.setup_state().invariants}
+        setup = cast(type[RuleBasedStateMachine], machine).setup_state()
+        return {inv.function.__name__ for inv in setup.invariants}
     except Exception:  # noqa: BLE001 - a machine we cannot introspect: count every call
         return set()
 
 
-_PROGRAM_LINE = re.compile(r"^(state\b|[A-Za-z_]\w*(\s*,\s*[A-Za-z_]\w*)*\s*=\s*state\.)")
+def _is_program_line(note: str) -> bool:
+    """Is this hypothesis note a step of the printed program (``state = Machine()``, a rule or
+    invariant call, possibly assigning its results: ``a = b = state.rule(...)``, with extra
+    assignment lines), rather than a ``note()`` of the machine?"""
+    try:
+        tree = ast.parse(note)
+    except SyntaxError:
+        return False
+    if not tree.body or not isinstance(tree.body[0], (ast.Assign, ast.Expr)):
+        return False
+    first = tree.body[0]
+    if isinstance(first, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "state" for t in first.targets):
+        return True  # state = Machine()
+    call = first.value
+    return (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and isinstance(call.func.value, ast.Name) and call.func.value.id == "state")
 
 
 def _split_notes(notes: list[str]) -> tuple[str, list[str]]:
@@ -554,21 +588,13 @@ def _split_notes(notes: list[str]) -> tuple[str, list[str]]:
         if n.startswith("Falsifying example"):
             in_program = True
             continue
-        if in_program and _PROGRAM_LINE.match(n) and _parses(n):
+        if in_program and _is_program_line(n):
             program.append(n)
             if n.strip() == "state.teardown()":
                 in_program = False
             continue
         other.append(n)
     return "\n".join(program), other
-
-
-def _parses(text: str) -> bool:
-    try:
-        ast.parse(text)
-    except SyntaxError:
-        return False
-    return True
 
 
 def program_steps(program: str, invariants: set[str] | None = None) -> int:
@@ -691,7 +717,7 @@ def run(machine: type[RuleBasedStateMachine] | None = None, *, seconds: float | 
         progress: Callable[[Progress], None] | None = None, progress_interval: float = 0.5,
         database: str | os.PathLike[str] | ExampleDatabase | None = None,
         repro_dir: str | os.PathLike[str] | None = None,
-        repro_context: tuple[str, str] | None = None,
+        repro_context: tuple[str, str] | None = None, repro_name: str | None = None,
         probes: bool = True, shrink_seconds: float | None = None) -> RunResult:
     """Fuzz ``machine`` until ``seconds`` pass or ``steps`` rule calls ran (or a program fails).
 
@@ -718,6 +744,7 @@ def run(machine: type[RuleBasedStateMachine] | None = None, *, seconds: float | 
             ``test_repro_<seed>.py`` (`Failure.repro_path`).
         repro_context: ``(import line, context manager expression)`` to wrap the repro in, for
             failures that need a setup (e.g. a mutant of the core applied).
+        repro_name: the repro's test (and file) name instead of ``test_repro_<seed>``.
         probes: count the core's cases with `CoreProbes` (a few percent slower).
         shrink_seconds: stop shrinking a failing program after this long and report the
             smallest found so far (hypothesis's own limit, five minutes, by default).
@@ -753,7 +780,7 @@ def run(machine: type[RuleBasedStateMachine] | None = None, *, seconds: float | 
         f = min(failures, key=lambda d: d["found_after"])
         failure = Failure(**f)
         if repro_dir is not None and failure.program:
-            failure.repro_path = write_repro(failure, machine, repro_dir,
+            failure.repro_path = write_repro(failure, machine, repro_dir, name=repro_name,
                                              context=repro_context)
     result = RunResult(
         machine=_machine_name(machine), seed=seed, jobs=jobs, elapsed=elapsed,

@@ -1,0 +1,93 @@
+"""The pager state machine narrowed to at-least-on-write hierarchies of pager-backed VMOs.
+
+`PagerStateMachine` spreads its steps over anonymous VMOs, pager traffic, writeback and
+eviction; at-least-on-write clones of pager-backed VMOs, clones of those clones, and resizes
+of the VMOs they hang below are a small part of its programs. The rules of the core that only
+such hierarchies reach (children hung below a visible parent: clipping their limits when the
+parent shrinks, and when a clone is hung several levels up) then go untested for minutes.
+
+`PagerCowMachine` keeps the pager machine's model and checks and its pager rules, switches off
+the anonymous-VMO rules, starts every program with a resizable pager-backed VMO whose disk is
+full, and adds rules that stay inside their VMO: window clones (of roots and of clones), whole
+page writes, and resizes to any size. ``vmo fuzz --machine
+vmo.testing.pager_cow:PagerCowMachine`` fuzzes with it; the mutants of those rules name it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import initialize, rule
+
+from vmo.pmm import PAGE_SIZE
+from vmo.testing import strategies as vs
+from vmo.testing.pager_machine import PagerStateMachine
+
+P = PAGE_SIZE
+
+#: Rules of the anonymous-VMO machine switched off here (shadowed by plain methods, so that
+#: the rules that remain can still call them).
+_ANONYMOUS_RULES = ("create", "write", "read", "snapshot", "close", "filled", "write_pages",
+                    "zero_inside", "snapshot_inside", "resize_pages", "create_child",
+                    "set_size", "op_range", "lock_op", "use_maybe_closed", "pin", "unpin",
+                    "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
+                    "cow_step")
+
+
+def _plain(fn: Any) -> Any:
+    def plain(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(self, *args, **kwargs)
+
+    plain.__name__ = fn.__name__
+    return plain
+
+
+class PagerCowMachine(PagerStateMachine):
+    for _name in _ANONYMOUS_RULES:
+        if hasattr(PagerStateMachine, _name):
+            locals()[_name] = _plain(getattr(PagerStateMachine, _name))
+    del _name
+
+    pvmos = PagerStateMachine.pvmos
+
+    @initialize(target=pvmos, npages=st.integers(2, 8), seed=vs.seeds)
+    def pager_root(self, npages: int, seed: int) -> Any:
+        """A resizable pager-backed VMO whose every page is on the disk."""
+        return self.create_pager_vmo(npages=npages, trap=False, resizable=True, seed=seed,
+                                     disk_pages=npages)
+
+    @rule(target=pvmos, v=pvmos, permille=st.integers(0, 999), npages=st.integers(1, 8),
+          resizable=st.sampled_from([True, True, False]))
+    def clone_window(self, v: Any, permille: int, npages: int, resizable: bool) -> Any:
+        """An at-least-on-write clone of a window that starts inside ``v`` (of a root, or of
+        a clone: then it hangs at the first ancestor with pages in its window)."""
+        return self.aow_child(v=v, at=(permille, 0), npages=npages, resizable=resizable)
+
+    @rule(v=pvmos, permille=st.integers(0, 999), npages=st.integers(1, 3), seed=vs.seeds)
+    def write_inside(self, v: Any, permille: int, npages: int, seed: int) -> None:
+        """Whole pages inside ``v`` (forks into clones, dirties roots)."""
+        offset = vs.resolve((permille, 0), v.size)
+        length = max(0, min(npages * P, v.size - offset))
+        self.p_write(v=v, at=(permille, 0), length=length, seed=seed, fail=None)
+
+    @rule(v=pvmos, npages=st.integers(0, 10))
+    def resize_any(self, v: Any, npages: int) -> None:
+        """Any size, smaller or larger (children below must stop seeing a cut tail)."""
+        self.p_resize(v=v, npages=npages)
+
+    @rule(v=pvmos, permille=st.integers(0, 999), write=st.sampled_from([True, True, False]),
+          seed=vs.seeds)
+    def truncate_and_regrow(self, v: Any, permille: int, write: bool, seed: int) -> None:
+        """Truncate ``v`` and extend it back to its size (a file truncated and rewritten),
+        then perhaps write the regrown tail. Clones below must read zeros there, not the new
+        data; clones made of ``v`` later must not see what ``v`` no longer sees."""
+        if v.closed or not v.resizable:
+            return
+        pages = v.size // P
+        keep = vs.resolve((permille, 0), v.size) // P
+        self.p_resize(v=v, npages=keep)
+        self.p_resize(v=v, npages=pages)
+        if write and v.size == pages * P and pages > keep:
+            self.p_write(v=v, at=(0, keep * P), length=(pages - keep) * P, seed=seed,
+                         fail=None)
