@@ -379,12 +379,16 @@ def _mutant_table(args: argparse.Namespace) -> int:
                           repro_dir=args.failures_dir, machine=args.machine,
                           on_event=on_event)
     _print_mutant_table(results, display, seconds)
-    survivors = [r.name for r in results if not r.killed]
+    survivors = [r.name for r in results if not r.killed and r.verdict != "equivalent"]
     if survivors:
         display.print(f"{len(survivors)} mutant(s) not killed: {', '.join(survivors)}. "
                       "The state machine is too weak for them: strengthen it.")
         return 1
-    display.print(f"All {len(results)} mutants killed within {seconds:g} s each.")
+    equivalent = [r.name for r in results if r.verdict == "equivalent"]
+    killed = len(results) - len(equivalent)
+    display.print(f"All {killed} mutants killed within {seconds:g} s each"
+                  + (f" ({len(equivalent)} equivalent, not run: {', '.join(equivalent)})."
+                     if equivalent else "."))
     return 0
 
 
@@ -393,9 +397,10 @@ def _print_mutant_table(results: list[Any], display: Any, seconds: float) -> Non
     for r in results:
         ttk = f"{r.time_to_kill:.1f} s" if r.time_to_kill is not None else "-"
         length = str(r.program_steps) if r.program_steps is not None else "-"
-        rows.append((r.name, "yes" if r.killed else "NO", ttk, length,
+        killed = "yes" if r.killed else ("n/a" if r.verdict == "equivalent" else "NO")
+        rows.append((r.name, killed, ttk, length,
                      r.verdict if r.verdict not in ("killed", "survived") else "",
-                     r.failure[:90]))
+                     r.failure[:100]))
     columns = ("mutant", "killed", "time to kill", "program", "verdict", "caught by")
     if isinstance(display, RichDisplay):
         from rich.table import Table
@@ -405,7 +410,7 @@ def _print_mutant_table(results: list[Any], display: Any, seconds: float) -> Non
             t.add_column(c, justify="right" if i in (2, 3) else "left",
                          no_wrap=i < 4, overflow="fold")
         for row in rows:
-            style = None if row[1] == "yes" else "bold red"
+            style = {"yes": None, "n/a": "dim"}.get(row[1], "bold red")
             t.add_row(*row, style=style)
         display.console.print(t)
         return

@@ -92,6 +92,10 @@ class Mutant:
     description: str  #: the bug, in words
     #: The state machine that must kill it (``"module:Class"``); None: `VmoStateMachine`.
     machine: str | None = None
+    #: Why no program can tell this mutant from the core (an *equivalent* mutant: the code it
+    #: breaks is redundant with checks elsewhere). Kept for documentation and for the day the
+    #: redundancy goes; `run_mutants` reports it and does not count it as a survivor.
+    equivalent: str | None = None
 
     def original(self) -> Any:
         """The target as it is now (the raw class attribute for methods)."""
@@ -318,6 +322,12 @@ def run_mutants(names: Sequence[str] | None = None, *, seconds: float = 60.0, jo
                 if not pending:
                     return
                 m = pending.pop(0)
+            if m.equivalent:
+                r = MutantResult(m.name, False, "equivalent", failure=m.equivalent)
+                with lock:
+                    results[m.name] = r
+                emit(m.name, {"event": "result", **attrs.asdict(r)})
+                continue
             emit(m.name, {"event": "started"})
             r = _run_isolated(m, catalog_dir, seconds, seed, shrink_timeout, repro_dir,
                               machine, emit)
