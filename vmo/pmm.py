@@ -154,6 +154,24 @@ class PhysicalMemory:
         """
         if count <= 0:
             return []
+        if count == 1:
+            # One frame at a time is what page faults ask for: no slicing, no lists to build.
+            with self._lock:
+                if self._free:
+                    frame = self._free.pop()
+                    reused = True
+                elif self._next_fresh < self.total_frames:
+                    frame = self._next_fresh
+                    self._next_fresh += 1
+                    reused = False
+                else:
+                    raise ZxError(Status.ERR_NO_MEMORY,
+                                  f"cannot allocate 1 page: 0 of {self.total_frames} free")
+                self.state[frame] = FrameState.ALLOC
+                self.allocated_total += 1
+            if zero and reused:
+                self.zero_frame(frame)
+            return [frame]
         with self._lock:
             if count > self.free_frames:
                 raise ZxError(
