@@ -318,10 +318,10 @@ class Mapping:
 
     # FaultSink (called on the handler thread)
 
-    def on_fault(self, address: int, write: bool, wp: bool) -> None:
+    def on_fault(self, address: int, write: int, wp: int) -> None:
         page = (address - self._win.address) // PAGE_SIZE
         if 0 <= page < self._npages:
-            self._mgr._serve(self, page, write or wp, wp)
+            self._mgr._serve(self, page, bool(write or wp), bool(wp))
 
     def on_uffd_error(self, err: int) -> None:
         # The userfaultfd became unreadable (the workload's process is gone): drop the mapping.
@@ -464,7 +464,7 @@ class MappingManager:
             if m._dead:
                 self._dead_fault_locked(m, page)
                 return None
-            if m.vmo.closed:
+            if m.vmo._closed:
                 # Mapped while the VMO was being closed: unmap it now.
                 self._teardown(m)
                 return None
@@ -564,12 +564,20 @@ class MappingManager:
         voff = m._vpage + page
         if voff >= node.size:
             raise ZxError(Status.ERR_OUT_OF_RANGE, "fault past the end of the VMO")
+        anonymous_root = (node.parent is None and node.page_source is None
+                          and not node.is_slice
+                          and node.discardable_state != DiscardableState.DISCARDED)
+        if anonymous_root and m.fault_around == 1:
+            # The hot path of a first touch, one page per fault: `lookup_for_read_locked` of
+            # an anonymous root reduced to what it does there -- its own page, or zeros.
+            v = node.page_list.get(voff)
+            with self.lock:
+                self._install_one(m, page, v if v > 0 else ZERO_FRAME)
+            return
         ws, we = self._fault_window(m, page, node)
         try:
-            if node.parent is None and node.page_source is None and not node.is_slice \
-                    and node.discardable_state != DiscardableState.DISCARDED:
-                # An anonymous root (the common case, and the hot path of a first touch):
-                # `lookup_for_read_locked` reduced to what it does there -- its own page or zeros.
+            if anonymous_root:
+                # As above, for the block around the page.
                 frames = [v if v > 0 else ZERO_FRAME
                           for v in node.page_list.dense(m._vpage + ws, m._vpage + we)]
             else:
@@ -582,6 +590,27 @@ class MappingManager:
             frames = node.lookup_for_read_locked(voff, 1)
         with self.lock:
             self._install_read_only(m, page, ws, frames)
+
+    def _install_one(self, m: Mapping, page: int, frame: int) -> None:
+        """`_install_read_only` of the one absent page ``page``."""
+        if frame:
+            if self.writer and frame in self.writer:
+                self._recall(frame)
+            src = self._physmap_addr + frame * PAGE_SIZE
+        else:
+            src = self._zeros_addr
+        m._installed += 1
+        win = m._win
+        win.fill(page, src, 1, True)
+        win.state[page] = READ_ONLY
+        win.frames[page] = frame
+        if frame:
+            key = m._key_base | page
+            rs = self.readers.get(frame)
+            if rs is None:
+                self.readers[frame] = {key}
+            else:
+                rs.add(key)
 
     def _install_read_only(self, m: Mapping, page: int, start: int, frames: list[int]) -> None:
         """Copy ``frames`` into the absent pages of ``[start, start + len(frames))``,

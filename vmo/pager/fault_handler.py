@@ -290,7 +290,9 @@ class Window:
 class FaultSink(Protocol):
     """What the handler calls with the faults of one userfaultfd."""
 
-    def on_fault(self, address: int, write: bool, wp: bool) -> None: ...
+    def on_fault(self, address: int, write: int, wp: int) -> None:
+        """A fault at ``address``: ``write`` (non-zero) for a store, ``wp`` for a store to a
+        write-protected page."""
 
     def on_uffd_error(self, err: int) -> None: ...
 
@@ -536,7 +538,7 @@ class FaultHandler:
                     continue  # no non-cooperative event is enabled on our descriptors
                 flags = e.flags
                 try:
-                    sink.on_fault(e.arg0, bool(flags & _FLAG_WRITE), bool(flags & _FLAG_WP))
+                    sink.on_fault(e.arg0, flags & _FLAG_WRITE, flags & _FLAG_WP)
                 except BaseException:  # noqa: BLE001 - the sink failed; keep serving
                     self.errors.append(traceback.format_exc())
             if self._sinks.get(fd) is not sink:
