@@ -158,20 +158,20 @@ class PhysicalMemory:
             # One frame at a time is what page faults ask for: no slicing, no lists to build.
             with self._lock:
                 if self._free:
-                    frame = self._free.pop()
-                    reused = True
+                    one = self._free.pop()
+                    was_freed = True
                 elif self._next_fresh < self.total_frames:
-                    frame = self._next_fresh
+                    one = self._next_fresh
                     self._next_fresh += 1
-                    reused = False
+                    was_freed = False
                 else:
                     raise ZxError(Status.ERR_NO_MEMORY,
                                   f"cannot allocate 1 page: 0 of {self.total_frames} free")
-                self.state[frame] = FrameState.ALLOC
+                self.state[one] = FrameState.ALLOC
                 self.allocated_total += 1
-            if zero and reused:
-                self.zero_frame(frame)
-            return [frame]
+            if zero and was_freed:
+                self.zero_frame(one)
+            return [one]
         with self._lock:
             if count > self.free_frames:
                 raise ZxError(
