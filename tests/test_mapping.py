@@ -669,3 +669,70 @@ def test_window_kernel_facts() -> None:
             os.close(w.uffd_fd)
         w.unmap_here()
         w.close()
+
+
+def test_stress_writers_readers_and_snapshots(k: Kernel) -> None:
+    """Four threads own a quarter of the pages each and write and read them through every
+    path (v.write/v.read, three mappings, a slice and its mapping) while another thread takes
+    and closes snapshots, runs the zero-page scanner and reads the whole VMO."""
+    import random
+
+    npages = 64
+    v = k.vmo_create(npages * PS)
+    sl = v.create_child(ChildOptions.SLICE, 0, npages * PS)
+    maps = [v.map(fault_around=1), v.map(fault_around=16), v.map(fault_around=4), sl.map()]
+    errors: list[Any] = []
+    stop = time.monotonic() + 2.0
+
+    def worker(tid: int) -> None:
+        rnd = random.Random(tid)
+        try:
+            while time.monotonic() < stop:
+                page = rnd.randrange(tid, npages, 4)
+                off = page * PS + rnd.randrange(0, PS // 64) * 64
+                val = bytes([rnd.randrange(1, 256)]) * 64
+                how = rnd.randrange(5)
+                if how == 0:
+                    v.write(val, off)
+                elif how == 1:
+                    sl.write(val, off)
+                else:
+                    maps[rnd.randrange(len(maps))].write(val, off)
+                for reader in (v, maps[0], maps[1], maps[3]):
+                    got = reader.read(64, off)
+                    if got != val:
+                        errors.append((tid, off, got[:4], val[:4]))
+                        return
+        except BaseException as e:  # noqa: BLE001
+            errors.append((tid, repr(e)))
+
+    def churn() -> None:
+        rnd = random.Random(99)
+        kids: list[vmo.Vmo] = []
+        try:
+            while time.monotonic() < stop:
+                action = rnd.randrange(4)
+                if action == 0 and len(kids) < 4:
+                    kids.append(v.create_child(ChildOptions.SNAPSHOT, 0, npages * PS))
+                elif action == 1 and kids:
+                    kids.pop(rnd.randrange(len(kids))).close()
+                elif action == 2:
+                    k.dedup_zero_pages()
+                else:
+                    v.read(npages * PS)
+                time.sleep(0.001)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(("churn", repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    threads.append(threading.Thread(target=churn))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors[:3]
+    mgr = mapping.manager_for(k)
+    assert mgr is not None and not mgr.handler.errors
+    whole = v.read(npages * PS)
+    assert all(m.read(npages * PS) == whole for m in maps)
+    check(k)
