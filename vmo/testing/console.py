@@ -379,10 +379,17 @@ def _mutant_table(args: argparse.Namespace) -> int:
                           repro_dir=args.failures_dir, machine=args.machine,
                           on_event=on_event)
     _print_mutant_table(results, display, seconds)
-    survivors = [r.name for r in results if not r.killed and r.verdict != "equivalent"]
+    survivors = [r.name for r in results
+                 if not r.killed and r.verdict not in ("equivalent", "false kill")]
+    false_kills = [r.name for r in results if r.verdict == "false kill"]
+    if false_kills:
+        display.print(f"{len(false_kills)} false kill(s): {', '.join(false_kills)}. Their shrunk "
+                      "programs fail on the unmutated core too: the core (or the machine) has a "
+                      "bug of its own that hides these mutants; fix it and run again.")
     if survivors:
         display.print(f"{len(survivors)} mutant(s) not killed: {', '.join(survivors)}. "
                       "The state machine is too weak for them: strengthen it.")
+    if survivors or false_kills:
         return 1
     equivalent = [r.name for r in results if r.verdict == "equivalent"]
     killed = len(results) - len(equivalent)
