@@ -987,6 +987,33 @@ class CowPages:
         kind (seen by the sibling, or not); a piece not seen by the sibling is released in the
         grandparent too, recursively, before this node's limits shrink.
         """
+        # The windows of the hidden ancestors this range showed, before limits shrink.
+        windows = self._ancestor_windows_locked(start, end)
+        self._release_cow_parent_pages_walk_locked(start, end, freed)
+        # Limits cannot express holes, so after a partial release an ancestor's child may
+        # still "see" by its limits an offset no leaf below it sees (Zircon keeps such pages
+        # until a merge). Free every page of the released windows that no leaf sees any more.
+        for node, lo, hi in windows:
+            for off, v in list(node.page_list.pages(lo, hi)):
+                if node.designated_viewer_locked(off, v) is None:
+                    node.page_list.remove(off)
+                    freed.append(v)
+
+    def _ancestor_windows_locked(self, start: int, end: int) -> list[tuple[CowPages, int, int]]:
+        out = []
+        cur, lo, hi = self, start, end
+        while cur.parent is not None and cur.parent.hidden:
+            p_lo = max(lo, cur.parent_start_limit) + cur.parent_offset
+            p_hi = min(hi, cur.parent_limit) + cur.parent_offset
+            if p_lo >= p_hi:
+                break
+            out.append((cur.parent, p_lo, p_hi))
+            cur, lo, hi = cur.parent, p_lo, p_hi
+        return out
+
+    def _release_cow_parent_pages_walk_locked(self, start: int, end: int,
+                                              freed: list[int]) -> None:
+        """The seed's walk: limits first, split bits where limits cannot express a hole."""
         while end > start:
             cur_start, cur_end = start, end
             cur = self
@@ -1159,7 +1186,12 @@ class CowPages:
                     freed.append(v)
                 continue
             if v > 0:
-                if pmm.split[v] & child_side:
+                if pmm.split[v] & child_side or (
+                        child.hidden and not any(
+                            _first_seer(g, c_off - g.parent_offset) is not None
+                            for g in child.children)):
+                    # Forked on the child's side already, or (after a partial release) no
+                    # leaf below the child sees it although its limits cover it: drop it.
                     freed.append(v)
                     continue
                 pmm.split[v] = 0
