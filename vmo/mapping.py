@@ -761,6 +761,17 @@ class MappingManager:
         ws, we = self._fault_window(m, page, node)
         win = m._win
         state, wframes = win.state, win.frames
+        seg = state[ws:we]
+        if ABSENT not in seg:
+            # Only a read-only copy of a frame the VMO owns can be checked out: a copy of the
+            # zero page cannot (had the VMO committed that page since, a range change would
+            # have dropped the copy). A sequential writer sees only those and writable pages.
+            fr = wframes[ws:we]
+            for i, s in enumerate(seg):
+                if s == READ_ONLY and fr[i]:
+                    break
+            else:
+                return
         slots = base.page_list.dense(m._vpage + ws + delta, m._vpage + we + delta)
         slots[page - ws] = 0
         # Neighbours the VMO owns and this window does not have writable yet (a sequential
