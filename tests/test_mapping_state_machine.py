@@ -242,7 +242,7 @@ class MappingMachine(VmoStateMachine):
 
 
 MappingMachine.TestCase.settings = settings(
-    settings.default, max_examples=min(40, settings.default.max_examples),
+    settings.default, max_examples=min(100, settings.default.max_examples),
     stateful_step_count=min(30, settings.default.stateful_step_count), deadline=None)
 TestMappingStateMachine = pytest.mark.timeout(300, method="thread")(
     pytest.mark.skipif(_REASON is not None, reason=_REASON or "")(MappingMachine.TestCase))
