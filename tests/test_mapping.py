@@ -736,3 +736,36 @@ def test_stress_writers_readers_and_snapshots(k: Kernel) -> None:
     whole = v.read(npages * PS)
     assert all(m.read(npages * PS) == whole for m in maps)
     check(k)
+
+
+def test_at_least_on_write_child_of_a_pager_backed_vmo(k: Kernel) -> None:
+    handle = _supplier(k, _page)
+    pager = k.pager_create(handle)
+    handle.holder["pager"] = pager  # type: ignore[attr-defined]
+    v = pager.create_vmo(8 * PS)
+    c = v.create_child(ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE, 0, 8 * PS)
+    mv, mc = v.map(), c.map()
+    assert mc.read(2, 3 * PS) == _page(3)[:2]
+    mv.write(b"parent", 3 * PS)  # the child has not written page 3: it may see this
+    assert mc.read(6, 3 * PS) == c.read(6, 3 * PS)
+    mc.write(b"child!", 3 * PS)  # forks page 3 into the child
+    assert v.read(6, 3 * PS) == b"parent" and mv.read(6, 3 * PS) == b"parent"
+    assert c.read(6, 3 * PS) == b"child!" and mc.read(6, 3 * PS) == b"child!"
+    check(k)
+
+
+def test_out_of_memory_in_a_write_fault() -> None:
+    k = Kernel(memory=16 * PS)
+    try:
+        v = k.vmo_create(64 * PS)
+        m = v.map(fault_around=1)
+        with pytest.raises(ZxError) as e:
+            m.write(b"\1" * (64 * PS))
+        assert e.value.status == Status.ERR_NO_MEMORY
+        assert m.fault_stats().failures >= 1
+        v.op_range(VmoOp.DECOMMIT, 0, 64 * PS)
+        m.write(b"fits again", 0)  # the failed page was cleared: the next store retries
+        assert v.read(10) == b"fits again"
+        check(k)
+    finally:
+        k.close()
