@@ -2,7 +2,7 @@
 
 from vmo import PAGE_SIZE as P
 from vmo import ChildOptions as C
-from vmo import Kernel, VmoOptions, debug
+from vmo import Kernel, VmoOp, VmoOptions, debug
 
 
 def test_fork_after_partial_release_leaves_no_unseen_copy() -> None:
@@ -59,3 +59,39 @@ def test_merge_drops_pages_no_leaf_of_the_child_sees() -> None:
         debug.validate(k)
         assert v3.read(P) == b"0123" * (P // 4)
         assert v4.read(P) == (b"0123" * P)[2 * P:3 * P]
+
+
+def test_place_many_with_frames_out_of_order() -> None:
+    """vmo fuzz seed 1968824055 (356 s): PhysicalMemory.place_many took [1, 2, 4, 3, 5] for a
+    run of consecutive frames (first/last/second looked right) and left frame 3 in state ALLOC
+    inside a page list."""
+    from vmo.pmm import FrameState, PageQueue, PhysicalMemory
+
+    pmm = PhysicalMemory(16 * P)
+    frames = pmm.alloc(5)
+    order = [frames[0], frames[1], frames[3], frames[2], frames[4]]
+    owner = object()
+    pmm.place_many(order, owner, 10, PageQueue.ANONYMOUS, 0)
+    for i, f in enumerate(order):
+        assert pmm.state[f] == FrameState.OBJECT
+        assert pmm.owner[f] is owner and pmm.offset[f] == 10 + i
+    pmm.close()
+
+
+def test_discardable_pins_zero_and_close_keep_frames_owned() -> None:
+    """The program of vmo fuzz seed 1968824055, shrunk."""
+    with Kernel(1 << 20) as k:
+        a = k.vmo_create(3 * P, VmoOptions.DISCARDABLE)
+        a.write(b"a" * 3 * P)
+        a.pin(0, P, writable=False)
+        b = k.vmo_create(2 * P, VmoOptions.DISCARDABLE)
+        b.write(b"b" * 2 * P)
+        a.op_range(VmoOp.ZERO, 0, 3 * P)
+        c = k.vmo_create(4 * P, VmoOptions.DISCARDABLE)
+        c.write(b"c" * 4 * P)
+        c.op_range(VmoOp.ZERO, 3 * P, P)
+        a.close()
+        b.close()
+        d = k.vmo_create(4 * P, VmoOptions.DISCARDABLE)
+        d.write(b"d" * 4 * P)
+        debug.validate(k)

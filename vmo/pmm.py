@@ -246,7 +246,7 @@ class PhysicalMemory:
         if not n:
             return
         f0 = frames[0]
-        if frames[-1] - f0 == n - 1 and (n < 3 or frames[1] == f0 + 1):
+        if frames[-1] - f0 == n - 1 and list(frames) == list(range(f0, f0 + n)):
             # Consecutive frames (what the allocator hands out): column slices, C speed.
             end = f0 + n
             self.state[f0:end] = bytes([FrameState.OBJECT]) * n
