@@ -7,8 +7,8 @@ from vmo.testing.mutation import Mutant
 MUTANT = Mutant(
     name='clone_hung_without_clipping',
     target='vmo.cow_pages:CowPages.create_clone_locked',
-    old='                child_limit = min(child_limit, cur.parent_limit - off)\n',
-    new='                pass  # MUTANT: the limit is not clipped on the way up\n',
+    old='min(child_limit,',
+    new='(lambda limit, _: limit)(child_limit,  # MUTANT: not clipped on the way up\n',
     description=__doc__.strip(),
     machine="vmo.testing.pager_cow:PagerCowMachine",
 )

@@ -370,7 +370,7 @@ def _mutant_table(args: argparse.Namespace) -> int:
         t = time.monotonic() - start
         kind = event.get("event")
         if kind == "found":
-            display.print(f"{t:7.1f}s  {name}: killed after {event['t']:.1f} s, shrinking")
+            display.print(f"{t:7.1f}s  {name}: a program failed after {event['t']:.1f} s")
         elif kind == "result":
             display.print(f"{t:7.1f}s  {name}: {event['verdict']}")
 

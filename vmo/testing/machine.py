@@ -364,6 +364,23 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.set_size(v, offset + (seed % 3) * PAGE_SIZE)
         return multiple()
 
+    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 4),
+          keep=st.integers(0, 3))
+    def snapshot_then_shrink(self, v: OVmo, at: tuple[int, int], npages: int,
+                             keep: int) -> Any:
+        """Snapshot a window of ``v``, then shrink ``v`` to ``keep`` pages, below the window.
+
+        The shrink releases ``[keep, end)`` of ``v``'s parent: the new snapshot still sees its
+        window, so the release is cut into pieces, and the piece between ``keep`` and the
+        window, seen by neither, goes up a level as a hole in the middle of a window (a
+        partial release: only split bits can record it). That path is rare otherwise."""
+        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
+        length = max(PAGE_SIZE, min(npages * PAGE_SIZE, v.size - offset))
+        child = self._create_child(v, "snapshot", offset, length, False, False)
+        if isinstance(child, OVmo):
+            self.set_size(v, min(keep * PAGE_SIZE, offset))
+        return child
+
     # ------------------------------------------------------------------ discardable VMOs
 
     @rule(targets=(vmos, discardables), npages=st.integers(0, 4), seed=vs.seeds)
@@ -450,6 +467,7 @@ class VmoStateMachine(RuleBasedStateMachine):
                             if off >= node.size:
                                 raise Mismatch(f"hidden node #{node.id} holds a page at "
                                                f"{off} past its end ({node.size} pages)")
+                            _check_split_bits(node, off, frame)
                             leaf = _designated_leaf(node, off, frame)
                             owner = _live_owner(leaf) if leaf is not None else None
                             if owner is not None:
@@ -500,6 +518,29 @@ def _sees_from(node: Any, off: int) -> Any:
         if leaf is not None:
             return leaf
     return None
+
+
+def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
+    """Split bits are exact: a side whose window covers the page has its bit set exactly when
+    none of its leaves sees the page (it forked it, zeroed it, or released it in a hole).
+
+    One exception, Zircon's: in a node marked ``partial_cow_release`` a hole may have been
+    recorded in a node that a merge has since removed, so a side may cover a page none of its
+    leaves sees without its bit set (the core then asks the leaves, not the bit)."""
+    split = hidden.pmm.split[frame]
+    for side, child in zip((SPLIT_LEFT, SPLIT_RIGHT), hidden.children, strict=False):
+        c_off = off - child.parent_offset
+        if not (child.parent_start_limit <= c_off < child.parent_limit):
+            continue
+        unseen = _sees_from(child, c_off) is None
+        if unseen and not split & side and hidden.partial_cow_release:
+            continue
+        if bool(split & side) != unseen:
+            name = "left" if side == SPLIT_LEFT else "right"
+            raise Mismatch(
+                f"hidden node #{hidden.id} page at {off}: the {name} split bit is "
+                f"{'set' if split & side else 'clear'} but {'no' if unseen else 'a'} leaf "
+                f"on that side sees the page")
 
 
 def _designated_leaf(hidden: Any, off: int, frame: int) -> Any:

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -50,6 +50,7 @@ __all__ = [
     "StaleMutant",
     "default_catalog_dir",
     "load_catalog",
+    "minimize_kill",
     "replay",
     "run_mutant",
     "run_mutants",
@@ -239,13 +240,22 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
                repro_dir: str | os.PathLike[str] | None = None,
                progress: Callable[[Any], None] | None = None,
                shrink_seconds: float | None = 60.0) -> MutantResult:
-    """Run a campaign against ``mutant`` in this process and judge it.
+    """Fuzz ``machine`` with ``mutant`` applied, in this process, and judge the outcome.
 
-    Killed means: a program failed within ``seconds`` and its shrunk version passes on the
-    unmutated core. A program that fails there too is a "false kill" (the machine or the core
-    is broken independently of the mutant). Shrinking stops after ``shrink_seconds``.
+    A program that fails counts as a kill only if it passes on the unmutated core (`replay`):
+    one that fails there too exposes a bug of the core or the machine, not the mutant (a
+    *false kill*). The campaign then goes on with the next seed for what is left of
+    ``seconds``, so an independent bug does not hide the mutant. Campaigns do not shrink
+    (hypothesis would shrink towards whatever fails, the independent bug included); the
+    killing program is minimized afterwards, for up to ``shrink_seconds``, to the smallest
+    program that still fails with the mutant and passes without it (`minimize_kill`).
+
+    The verdict is "killed", "survived", "stale" (the target text is gone), "false kill" (only
+    independent failures were found) or "error: ...".
     """
-    from vmo.testing.run import run
+    from hypothesis import Phase
+
+    from vmo.testing.run import Failure, program_steps, run, write_repro
 
     try:
         machine = machine or mutant.machine_class()
@@ -255,36 +265,132 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         mutant.mutated_source()
     except StaleMutant as e:
         return MutantResult(mutant.name, False, "stale", failure=str(e).splitlines()[0])
-    context = None
+    if seed is None:
+        import random
+
+        seed = random.SystemRandom().randrange(2**32)
+    no_shrink = {"phases": (Phase.explicit, Phase.generate, Phase.target)}
+    overrides = no_shrink if settings is None else {**dict(settings), **no_shrink}
+    start = time.monotonic()
+    steps = 0
+    attempt = 0
+    independent: list[str] = []
+    kill: Failure | None = None
+    kill_time = 0.0
+    while True:
+        left = seconds - (time.monotonic() - start)
+        if left <= 0:
+            break
+        offset = time.monotonic() - start
+        with mutant.applied():
+            result = run(machine, seconds=left, seed=seed + attempt, settings=overrides,
+                         progress=progress, probes=False)
+        steps += result.steps
+        f = result.failure
+        if f is None:
+            break
+        if not f.program:
+            independent.append(f"{f.summary()} (no program)")
+        else:
+            again = replay(f.program, machine)
+            if again is None:
+                kill, kill_time = f, offset + f.found_after
+                break
+            first = str(again).splitlines()[0] if str(again) else ""
+            independent.append(f"{f.summary()} -- also without the mutant: "
+                               f"{type(again).__name__}: {first}")
+        attempt += 1
+    if kill is None or kill_time > seconds:
+        verdict = "false kill" if independent else "survived"
+        return MutantResult(mutant.name, False, verdict,
+                            failure=independent[0] if independent else "",
+                            elapsed=time.monotonic() - start, steps=steps)
+    invariants = {inv.function.__name__ for inv in _setup(machine).invariants}
+    program = minimize_kill(kill.program, machine, mutant, seconds=shrink_seconds or 0.0)
+    with mutant.applied():
+        raised = replay(program, machine)
+    summary = kill.summary()
+    if raised is not None:
+        first = str(raised).splitlines()[0] if str(raised) else ""
+        summary = f"{type(raised).__name__}: {first}"
+    kill = attrs.evolve(kill, program=program, kind=type(raised).__name__ if raised else kill.kind,
+                        message=str(raised) if raised else kill.message,
+                        program_steps=program_steps(program, invariants), found_after=kill_time)
+    repro_path = None
     if repro_dir is not None:
         context = (
             "from vmo.testing.mutation import load_catalog\n"
             f"MUTANT = {{m.name: m for m in load_catalog({str(_catalog_of(mutant))!r})}}"
             f"[{mutant.name!r}]",
             "MUTANT.applied()")
-    with mutant.applied():
-        result = run(machine, seconds=seconds, seed=seed, settings=settings,
-                     repro_dir=repro_dir, repro_context=context,
-                     repro_name=f"test_mutant_{mutant.name}", progress=progress,
-                     shrink_seconds=shrink_seconds)
-    f = result.failure
-    if f is None:
-        return MutantResult(mutant.name, False, "survived", elapsed=result.elapsed,
-                            steps=result.steps)
-    out = MutantResult(mutant.name, True, "killed", time_to_kill=f.found_after,
-                       program_steps=f.program_steps, failure=f.summary(),
-                       elapsed=result.elapsed, steps=result.steps,
-                       repro_path=str(f.repro_path) if f.repro_path else None)
-    if f.found_after > seconds:
-        out.killed, out.verdict = False, "timeout"
-    elif f.program:
-        again = replay(f.program, machine)
-        if again is not None:
-            out.killed = False
-            out.verdict = "false kill"
-            out.failure = (f"{f.summary()} -- and without the mutant: "
-                           f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}")
-    return out
+        repro_path = str(write_repro(kill, machine, repro_dir, name=f"test_mutant_{mutant.name}",
+                                     context=context))
+    if independent:
+        summary += f" (after {len(independent)} independent failure(s): {independent[0]})"
+    return MutantResult(mutant.name, True, "killed", time_to_kill=kill_time,
+                        program_steps=kill.program_steps, failure=summary,
+                        elapsed=time.monotonic() - start, steps=steps, repro_path=repro_path)
+
+
+def _setup(machine: type) -> Any:
+    return cast(Any, machine).setup_state()
+
+
+def _statements(program: str) -> list[str]:
+    """The top-level statements of a printed program, each as its source text."""
+    import ast
+
+    tree = ast.parse(program)
+    return [ast.get_source_segment(program, node) or "" for node in tree.body]
+
+
+def minimize_kill(program: str, machine: type, mutant: Mutant, *,
+                  seconds: float = 60.0) -> str:
+    """The smallest program (greedily, within ``seconds``) that still fails with ``mutant``
+    and passes without it: rule calls are dropped one at a time with the invariant checks that
+    follow them, first in large chunks, then singly."""
+    stmts = _statements(program)
+    if not stmts:
+        return program
+    head = stmts[0]  # state = Machine()
+    tail = stmts[-1] if stmts[-1].strip() == "state.teardown()" else None
+    body = stmts[1:-1] if tail else stmts[1:]
+    invariants = {f"state.{inv.function.__name__}()" for inv in _setup(machine).invariants}
+    # Group each rule call with the invariant checks after it.
+    steps: list[list[str]] = []
+    lead: list[str] = []
+    for st in body:
+        if st.strip() in invariants:
+            (steps[-1] if steps else lead).append(st)
+        else:
+            steps.append([st])
+
+    def text(groups: list[list[str]]) -> str:
+        lines = [head, *lead, *(s for g in groups for s in g)]
+        return "\n".join(lines + ([tail] if tail else []))
+
+    def kills(groups: list[list[str]]) -> bool:
+        candidate = text(groups)
+        with mutant.applied():
+            if replay(candidate, machine) is None:
+                return False
+        return replay(candidate, machine) is None
+
+    deadline = time.monotonic() + seconds
+    chunk = max(1, len(steps) // 2)
+    while chunk >= 1 and time.monotonic() < deadline:
+        i = 0
+        removed = False
+        while i < len(steps) and time.monotonic() < deadline:
+            candidate = steps[:i] + steps[i + chunk:]
+            if candidate != steps and kills(candidate):
+                steps = candidate
+                removed = True
+            else:
+                i += chunk
+        if not removed:
+            chunk //= 2
+    return text(steps)
 
 
 def _catalog_of(mutant: Mutant) -> Path:
@@ -384,9 +490,9 @@ def _run_isolated(m: Mutant, catalog_dir: Path, seconds: float, seed: int,
         final.pop("event", None)
         return MutantResult(**final)
     if found is not None:
-        # Killed, but shrinking outlived the hard timeout: the kill stands, unshrunk.
-        return MutantResult(m.name, True, "killed (not shrunk)", time_to_kill=found["t"],
-                            failure=found.get("failure", ""), elapsed=elapsed)
+        return MutantResult(m.name, False, "timeout", failure=f"a program failed after "
+                            f"{found['t']:.1f} s; judging it outlived the hard timeout",
+                            elapsed=elapsed)
     if proc.returncode and proc.returncode < 0:
         return MutantResult(m.name, False, "timeout", elapsed=elapsed)
     tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {proc.returncode}"
