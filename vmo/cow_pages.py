@@ -356,10 +356,8 @@ class CowPages:
         while cur.parent is not None:
             if child_limit > 0 and cur.page_list.any_in_range(off, off + child_limit):
                 break
-            if off >= cur.parent_limit:
-                child_limit = 0
-            else:
-                child_limit = min(child_limit, cur.parent_limit - off)
+            child_limit = 0 if off >= cur.parent_limit else min(child_limit,
+                                                                cur.parent_limit - off)
             off += cur.parent_offset
             cur = cur.parent
         cur._add_child_locked(clone, off, child_limit)
@@ -482,9 +480,8 @@ class CowPages:
             owner, owner_off = self, off
         if v > 0:
             frame = v
-        elif v == MARKER or owner.page_source is None:
-            frame = ZERO_FRAME
-        elif owner_off >= owner.supply_zero_offset or not owner.is_source_preserving():
+        elif (v == MARKER or owner.page_source is None or owner_off >= owner.supply_zero_offset
+              or not owner.is_source_preserving()):
             frame = ZERO_FRAME
         else:
             raise NeedPages(owner, owner_off, _empty_run(owner, owner_off, owner_off + want))
@@ -1332,7 +1329,7 @@ class CowPages:
             if pmm.pin_count[v] == 0 and pmm.is_zero(v):
                 found.append((off, v))
         if reclaim and found:
-            for off, v in found:
+            for off, _ in found:
                 self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
                 self.page_list.set(off, MARKER)
             self._free_frames_locked([v for _, v in found])

@@ -90,9 +90,8 @@ def _validate_hierarchy(k: Kernel, hier: Hierarchy,
                 raise _fail(node, None, "slice holds pages")
             if node.parent is None or node.parent.is_slice or node.parent.hidden:
                 raise _fail(node, None, "slice parent is not a visible non-slice node")
-            if node.parent_offset + node.size > node.parent.size and node.parent_limit:
-                if node.parent_offset + node.parent_limit > node.parent.size:
-                    raise _fail(node, None, "slice sees past its parent")
+            if node.parent_limit and node.parent_offset + node.parent_limit > node.parent.size:
+                raise _fail(node, None, "slice sees past its parent")
         # Limits.
         if not (0 <= node.parent_start_limit <= node.parent_limit):
             raise _fail(node, None, f"limits start {node.parent_start_limit} > limit "

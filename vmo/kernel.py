@@ -6,6 +6,7 @@ queues, so tests and experiments can run many side by side.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import weakref
@@ -20,7 +21,7 @@ from vmo.types import MemoryStats, VmoOptions
 from vmo.vm_object import Vmo
 
 if TYPE_CHECKING:
-    from vmo.pager.user_pager import PageRequest, Pager
+    from vmo.pager.user_pager import Pager, PageRequest
 
 DEFAULT_MEMORY = 256 * 2**20
 
@@ -76,7 +77,7 @@ class Kernel:
 
     # ---------------------------------------------------------------- syscalls
 
-    def vmo_create(self, size: int, options: VmoOptions = VmoOptions(0)) -> Vmo:
+    def vmo_create(self, size: int, options: VmoOptions = VmoOptions(0)) -> Vmo:  # noqa: B008
         """``zx_vmo_create``: a VMO of ``size`` bytes (rounded up to pages), all zeros."""
         opts = _args.flags("options", options, VmoOptions)
         size = _args.page_size_round("size", size)
@@ -240,10 +241,8 @@ class Kernel:
 
         mapping.shutdown(self)
         for v in reversed(self.live_vmos()):
-            try:
+            with contextlib.suppress(ZxError):
                 v.close()
-            except ZxError:
-                pass
         self.closed = True
         self.pmm.close()
 

@@ -254,7 +254,7 @@ class PhysicalMemory:
             self.dirty[f0:end] = bytes([dirty]) * n
             self.owner[f0:end] = [owner] * n
             self.offset[f0:end] = array("q", range(first_offset, first_offset + n))
-            old = self.queue[f0:end]
+            old = bytes(self.queue[f0:end])
             self.queue[f0:end] = bytes([queue]) * n
         else:
             old = bytes(self.queue[f] for f in frames)

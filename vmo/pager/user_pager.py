@@ -19,6 +19,7 @@ Requests reach the pager in one of two ways:
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import threading
 import time
@@ -207,7 +208,7 @@ class Pager:
 
     # ---------------------------------------------------------------- zx_pager_* calls
 
-    def create_vmo(self, size: int, options: PagerVmoOptions = PagerVmoOptions(0)) -> Vmo:
+    def create_vmo(self, size: int, options: PagerVmoOptions = PagerVmoOptions(0)) -> Vmo:  # noqa: B008
         """``zx_pager_create_vmo``: a VMO whose content this pager supplies."""
         self._check_open()
         opts = _args.flags("options", options, PagerVmoOptions)
@@ -368,10 +369,8 @@ class Pager:
         for src in list(self._sources):
             vmo = src.vmo
             if vmo is not None and not vmo.closed:
-                try:
+                with contextlib.suppress(ZxError):
                     self.detach_vmo(vmo)
-                except ZxError:
-                    pass
         with self._lock:
             self._closed = True
             self._port_cond.notify_all()

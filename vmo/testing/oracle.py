@@ -340,9 +340,8 @@ class Oracle:
                 pinned = self.pinned_pages(t)
                 t.committed.difference_update(
                     p for p in range(full_first, full_end) if p not in pinned)
-        elif op == "PREFETCH":
-            if bad := self._readable(v):
-                return bad, None
+        elif op == "PREFETCH" and (bad := self._readable(v)):
+            return bad, None
         return None, None
 
     def _lock_op(self, v: OVmo, op: str, offset: int, size: int) -> tuple[Status | None, object]:
