@@ -601,16 +601,20 @@ class CowPages:
         self._check_readable_locked()
         if length == 0:
             return b""
+        frames = self._readable_frames_locked(offset, length)
+        return _gather(self.pmm, frames, offset % PAGE_SIZE, length)
+
+    def _readable_frames_locked(self, offset: int, length: int) -> list[int]:
+        """The frames shown for bytes ``[offset, offset + length)`` (a non-slice node), pages
+        a source must supply first raising `NeedPages`, accesses recorded for reclaim."""
         first = offset // PAGE_SIZE
         last = (offset + length - 1) // PAGE_SIZE + 1
         frames, absent = self.resolve_range(first, last)
         if absent:
-            root = self.root()
-            raise NeedPages(root, absent[0], _run_length(absent))
-        pmm = self.pmm
+            raise NeedPages(self.root(), absent[0], _run_length(absent))
         if self.root().page_source is not None:
-            pmm.touch_many(frames)
-        return _gather(pmm, frames, offset - first * PAGE_SIZE, length)
+            self.pmm.touch_many(frames)
+        return frames
 
     def write_locked(self, data: memoryview, offset: int) -> None:
         """Store ``data`` at byte ``offset``. Pages are forked or committed first."""
@@ -666,18 +670,11 @@ class CowPages:
         self._check_readable_locked()
         if length == 0:
             return 0
-        first = offset // PAGE_SIZE
-        last = (offset + length - 1) // PAGE_SIZE + 1
-        frames, absent = self.resolve_range(first, last)
-        if absent:
-            root = self.root()
-            raise NeedPages(root, absent[0], _run_length(absent))
+        frames = self._readable_frames_locked(offset, length)
         pmm = self.pmm
-        if self.root().page_source is not None:
-            pmm.touch_many(frames)
         if pmm.coherence is not None:
             pmm.coherence.before_read([f for f in frames if f != ZERO_FRAME])
-        views = _frame_views(pmm, frames, offset - first * PAGE_SIZE, length)
+        views = _frame_views(pmm, frames, offset % PAGE_SIZE, length)
         written = _vectored_io(os.pwritev, fd, views, fd_offset)
         if written < length:
             raise ZxError(Status.ERR_IO, f"short write: {written} of {length} bytes")
