@@ -394,6 +394,15 @@ class VmoStateMachine(RuleBasedStateMachine):
     def lock_discardable(self, d: OVmo, op: str) -> None:
         self.lock_op(d, op, True, 0)
 
+    @rule(d=discardables, write=st.booleans(), seed=vs.seeds)
+    def lock_cycle(self, d: OVmo, write: bool, seed: int) -> None:
+        """LOCK, perhaps write, UNLOCK: how a cache uses a discardable VMO. Cycles of several
+        VMOs interleave their unlocks, which decide the reclaim order (oldest unlock first)."""
+        self.lock_op(d, "LOCK", True, 0)
+        if write and d.size:
+            self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
+        self.lock_op(d, "UNLOCK", True, 0)
+
     @rule(target_pages=st.sampled_from([1, 2, 1 << 20]),
           min_age=st.sampled_from([0.0, 0.0, 3600.0]))
     def reclaim_aged(self, target_pages: int, min_age: float) -> None:

@@ -35,7 +35,6 @@ import os
 import pkgutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +71,18 @@ def _resolve(target: str) -> tuple[Any, Any, str]:
     for part in parts[:-1]:
         owner = getattr(owner, part)
     return module, owner, parts[-1]
+
+
+def _dedent_like_first_line(src: str) -> str:
+    """Remove the first line's indentation from every line (a method's source is indented by
+    its class). Unlike `textwrap.dedent`, a replacement that continues a bracketed expression
+    on a less indented line does not change how much is removed."""
+    first = src.splitlines()[0] if src else ""
+    indent = first[: len(first) - len(first.lstrip())]
+    if not indent:
+        return src
+    return "".join(line[len(indent):] if line.startswith(indent) else line
+                   for line in src.splitlines(keepends=True))
 
 
 def _import_object(spec: str) -> Any:
@@ -115,7 +126,7 @@ class Mutant:
             raise StaleMutant(
                 f"stale mutant {self.name}: target text {where} in {self.target}; update the "
                 f"mutant to the current source.\n--- target text:\n{self.old}")
-        return textwrap.dedent(src.replace(self.old, self.new))
+        return _dedent_like_first_line(src.replace(self.old, self.new))
 
     def build(self) -> Any:
         """The mutated function, compiled in the target module's globals."""

@@ -1,0 +1,13 @@
+"""A merge drops the hidden pages the removed side had forked (visible to the remaining child,
+which must take them) instead of those the child's side had forked.
+"""
+
+from vmo.testing.mutation import Mutant
+
+MUTANT = Mutant(
+    name='merge_drops_visible_page',
+    target='vmo.cow_pages:CowPages._merge_content_with_child_locked',
+    old='                if pmm.split[v] & child_side or (\n',
+    new="                if pmm.split[v] & (child_side ^ 3) or (  # MUTANT: the removed side's bit\n",
+    description=__doc__.strip(),
+)
