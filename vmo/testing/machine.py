@@ -381,6 +381,40 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.set_size(v, min(keep * PAGE_SIZE, offset))
         return child
 
+    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
+          then=st.sampled_from(["keep", "write", "write_close", "close"]), seed=vs.seeds)
+    def zero_then_snapshot(self, v: OVmo, at: tuple[int, int], npages: int, then: str,
+                           seed: int) -> Any:
+        """ZERO whole pages of ``v`` and snapshot all of it: the markers move into the new
+        hidden node. Then perhaps write the zeroed pages of ``v`` again, and perhaps close the
+        snapshot at once (a short-lived backup), which merges the hidden node back into ``v``:
+        its markers must survive the merge, and must give way to ``v``'s newer pages."""
+        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
+        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        status, _ = self.oracle.op_range(v, "ZERO", offset, length)
+        self.expect("op:ZERO", status,
+                    lambda: self.real[v.koid].op_range(VmoOp.ZERO, offset, length))
+        child = self._create_child(v, "snapshot", 0, v.size, False, False)
+        if not isinstance(child, OVmo):
+            return child
+        if then.startswith("write"):
+            self._write_at(v, offset, vs.payload(seed, length))
+        if then.endswith("close"):
+            self.close(child)
+            return multiple()
+        return child
+
+    @rule(v=vmos, at=vs.aligned_positions(), seed=vs.seeds)
+    def shrink_regrow_write(self, v: OVmo, at: tuple[int, int], seed: int) -> None:
+        """Shrink ``v``, grow it back, and write a few bytes into the regrown tail: the rest of
+        that page must be zeros, not what the parent still holds there."""
+        size = v.size
+        keep = min(vs.resolve(at, size), size)
+        self.set_size(v, keep)
+        self.set_size(v, size)
+        if v.size == size and keep + 108 <= size:
+            self._write_at(v, keep + 100, vs.payload(seed, 8))
+
     # ------------------------------------------------------------------ discardable VMOs
 
     @rule(targets=(vmos, discardables), npages=st.integers(0, 4), seed=vs.seeds)
