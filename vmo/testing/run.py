@@ -585,7 +585,8 @@ def _split_notes(notes: list[str]) -> tuple[str, list[str]]:
     other: list[str] = []
     in_program = False
     for n in notes:
-        if n.startswith("Falsifying example"):
+        # Hypothesis before 6.16x prints "Falsifying example:", later ones "Failing test case:".
+        if n.startswith(("Falsifying example", "Failing test case")):
             in_program = True
             continue
         if in_program and _is_program_line(n):
