@@ -364,22 +364,31 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.set_size(v, offset + (seed % 3) * PAGE_SIZE)
         return multiple()
 
-    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 4),
-          keep=st.integers(0, 3))
-    def snapshot_then_shrink(self, v: OVmo, at: tuple[int, int], npages: int,
-                             keep: int) -> Any:
-        """Snapshot a window of ``v``, then shrink ``v`` to ``keep`` pages, below the window.
+    @rule(target=vmos, v=vmos, at=st.tuples(st.integers(1, 999), st.just(0)),
+          npages=st.integers(1, 4), keep=st.integers(0, 3), backup=st.booleans())
+    def snapshot_then_shrink(self, v: OVmo, at: tuple[int, int], npages: int, keep: int,
+                             backup: bool) -> Any:
+        """Snapshot a window of ``v``, then shrink ``v`` to ``keep`` pages, below the window
+        (first, with ``backup``, snapshot all of ``v``, so that something beside it keeps
+        seeing everything).
 
-        The shrink releases ``[keep, end)`` of ``v``'s parent: the new snapshot still sees its
-        window, so the release is cut into pieces, and the piece between ``keep`` and the
-        window, seen by neither, goes up a level as a hole in the middle of a window (a
-        partial release: only split bits can record it). That path is rare otherwise."""
+        The shrink releases ``[keep, end)`` of ``v``'s parent: the window snapshot still sees
+        its part, so the release is cut into pieces, and the piece between ``keep`` and the
+        window, seen by neither, goes up a level as a hole in the middle of a window that the
+        backup still sees: a partial release, which only split bits can record. Returns the
+        new snapshots. That path is rare otherwise."""
+        made: list[OVmo] = []
+        if backup:
+            b = self._create_child(v, "snapshot", 0, v.size, False, False)
+            if isinstance(b, OVmo):
+                made.append(b)
         offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
         length = max(PAGE_SIZE, min(npages * PAGE_SIZE, v.size - offset))
         child = self._create_child(v, "snapshot", offset, length, False, False)
         if isinstance(child, OVmo):
+            made.append(child)
             self.set_size(v, min(keep * PAGE_SIZE, offset))
-        return child
+        return multiple(*made)
 
     @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
           then=st.sampled_from(["keep", "write", "write_close", "close"]), seed=vs.seeds)
