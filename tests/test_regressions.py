@@ -95,3 +95,27 @@ def test_discardable_pins_zero_and_close_keep_frames_owned() -> None:
         d = k.vmo_create(4 * P, VmoOptions.DISCARDABLE)
         d.write(b"d" * 4 * P)
         debug.validate(k)
+
+
+def test_closing_the_only_viewer_frees_the_grandparents_page() -> None:
+    """vmo fuzz seed 1368459288 (367 s): closing a leaf that alone saw a page of a hidden
+    grandparent merged its hidden parent into a sibling whose limits (but no leaf) still covered
+    the page, which then stayed held by nobody (1 attributed, 2 held)."""
+    from vmo.testing import VmoStateMachine
+
+    state = VmoStateMachine()
+    try:
+        v0 = state.filled(npages=3, resizable=False, seed=1)
+        v1 = state.zero_then_snapshot(at=(0, 0), npages=1, seed=1, then="keep", v=v0)
+        state.snapshot_inside(at=(0, 0), npages=1, resizable=False, v=v1)
+        v4 = state.create_child(at=(0, 0), kind="snapshot", no_write=False, resizable=False,
+                                size=8192, v=v1)
+        state.snapshot_inside(at=(0, 0), npages=1, resizable=False, v=v1)
+        state.snapshot_inside(at=(667, 0), npages=1, resizable=False, v=v1)
+        state.close(v=v1)
+        state.close(v=v0)
+        state.close(v=v4)
+        state.hierarchy_valid()
+        state.contents_match()
+    finally:
+        state.teardown()

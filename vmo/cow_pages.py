@@ -1126,6 +1126,9 @@ class CowPages:
             return
         assert len(self.children) == 2
         removed_left = self.children[0] is removed
+        # What the removed leaf saw up the tree: pages there may have just lost their last
+        # viewer (limits of the other side can cover offsets none of its leaves sees).
+        windows = removed._ancestor_windows_locked(0, removed.size)
         self.children.remove(removed)
         child = self.children[0]
         self._merge_content_with_child_locked(removed, removed_left)
@@ -1138,6 +1141,15 @@ class CowPages:
             self.hier.root = child
         child.parent = self.parent
         self.parent = None
+        freed: list[int] = []
+        for node, lo, hi in windows:
+            if node is self:
+                continue  # merged away just now
+            for off, v in list(node.page_list.pages(lo, hi)):
+                if node.designated_viewer_locked(off, v) is None:
+                    node.page_list.remove(off)
+                    freed.append(v)
+        self._free_frames_locked(freed)
         self.hier.generation += 1
 
     def _merge_content_with_child_locked(self, removed: CowPages, removed_left: bool) -> None:
