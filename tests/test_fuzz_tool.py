@@ -268,10 +268,10 @@ def test_found_partial_release_then_sibling_shrink_keeps_unseen_pages() -> None:
         state.teardown()
 
 
-@pytest.mark.xfail(reason="core bug found by `vmo fuzz` (seed 5, reported): a merge after a "
-                          "partial release keeps an ancestor's page that no leaf sees (the "
-                          "hole was only in the merged node's children's limits)", strict=False)
 def test_found_merge_after_partial_release_keeps_unseen_page() -> None:
+    """A core bug `vmo fuzz` found (seed 5; fixed in a314281): a merge after a partial release
+    kept an ancestor's page that no leaf saw (the hole was only in the merged node's
+    children's limits)."""
     state = VmoStateMachine()
     try:
         a = state.filled(npages=3, resizable=False, seed=1)
