@@ -251,32 +251,21 @@ class CowPages:
         pmm = self.pmm
         pmm.set_owner(frame, self, off)
         pmm.split[frame] = 0
-        if self.page_source is not None:
-            dirty = pmm.dirty[frame]
-            pmm.set_queue(
-                frame,
-                PageQueue.PAGER_BACKED
-                if dirty == DirtyState.CLEAN or dirty == DirtyState.UNTRACKED
-                else PageQueue.PAGER_BACKED_DIRTY,
-            )
-        else:
-            pmm.set_queue(frame, PageQueue.ANONYMOUS)
+        pmm.set_queue(frame, self._queue_for(pmm.dirty[frame]))
         return old
+
+    def _queue_for(self, dirty: int) -> PageQueue:
+        """The page queue an unpinned page of this node belongs in, given its dirty state."""
+        if self.page_source is None:
+            return PageQueue.ANONYMOUS
+        if dirty in (DirtyState.CLEAN, DirtyState.UNTRACKED):
+            return PageQueue.PAGER_BACKED
+        return PageQueue.PAGER_BACKED_DIRTY
 
     def _place_run_locked(self, start: int, frames: list[int], dirty: int) -> None:
         """`_place_locked` for consecutive empty slots, in bulk (node slices, column slices)."""
         self.page_list.fill_empty_run(start, frames)
-        if self.page_source is None:
-            queue = PageQueue.ANONYMOUS
-        elif dirty in (DirtyState.CLEAN, DirtyState.UNTRACKED):
-            queue = PageQueue.PAGER_BACKED
-        else:
-            queue = PageQueue.PAGER_BACKED_DIRTY
-        self.pmm.place_many(frames, self, start, queue, dirty)
-
-    def _move_frame_locked(self, frame: int, dst: CowPages, dst_off: int) -> None:
-        """Backlink update for a frame moving between page lists (no queue change needed)."""
-        self.pmm.set_owner(frame, dst, dst_off)
+        self.pmm.place_many(frames, self, start, self._queue_for(dirty), dirty)
 
     def _free_frames_locked(self, frames: list[int]) -> None:
         if frames:
@@ -1318,13 +1307,7 @@ class CowPages:
             pmm.pin_count[f] -= 1
             if pmm.pin_count[f] == 0:
                 self.pinned_pages -= 1
-                dirty = pmm.dirty[f]
-                if self.page_source is None:
-                    pmm.set_queue(f, PageQueue.ANONYMOUS)
-                elif dirty in (DirtyState.DIRTY, DirtyState.AWAITING_CLEAN):
-                    pmm.set_queue(f, PageQueue.PAGER_BACKED_DIRTY)
-                else:
-                    pmm.set_queue(f, PageQueue.PAGER_BACKED)
+                pmm.set_queue(f, self._queue_for(pmm.dirty[f]))
 
     # ---------------------------------------------------------------- zero-page dedup
 
@@ -1364,10 +1347,7 @@ class CowPages:
             self.modified = True
         if pmm.pin_count[frame]:
             return  # stays wired; the queue follows the state when unpinned
-        if state == DirtyState.CLEAN:
-            pmm.set_queue(frame, PageQueue.PAGER_BACKED)
-        else:
-            pmm.set_queue(frame, PageQueue.PAGER_BACKED_DIRTY)
+        pmm.set_queue(frame, self._queue_for(state))
 
     def _prepare_for_write_locked(self, start: int, count: int) -> int:
         """Make pages from ``start`` Dirty before a write (seed: ``PrepareForWriteLocked``).

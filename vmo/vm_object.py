@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vmo import _args
-from vmo.cow_pages import COMMIT_CHUNK, CowPages, DiscardableState, NeedPages
+from vmo.cow_pages import COMMIT_CHUNK, CowPages, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE
 from vmo.types import ChildOptions, LockState, Perms, VmoInfo, VmoInfoFlags, VmoOp
@@ -481,6 +481,3 @@ class PinnedRange:
         if not self._released:
             self.unpin()
 
-
-def is_discarded(vmo: Vmo) -> bool:
-    return vmo.cow.discardable_state == DiscardableState.DISCARDED

@@ -537,16 +537,6 @@ def _has_data(fd: int, start: int, end: int) -> bool:
         return e.errno != errno.ENXIO  # ENXIO: no data past start
 
 
-def _all_zero(buf: bytearray, n: int) -> bool:
-    """Are the first ``n`` bytes of ``buf`` zero? Data almost never starts and ends with a zero
-    byte, so the full comparison (at memcmp speed) is rare."""
-    if buf[0] or buf[n - 1]:
-        return False
-    if n == len(buf):
-        return buf == bytes(n)
-    return memoryview(buf)[:n].tobytes() == bytes(n)
-
-
 def _pwrite_all(fd: int, data: Any, offset: int) -> int:
     view = memoryview(data)
     total = len(view)

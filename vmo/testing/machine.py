@@ -11,6 +11,7 @@ speed. ``VmoStateMachine.TestCase`` is a ready unittest/pytest test case.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -473,8 +474,8 @@ class VmoStateMachine(RuleBasedStateMachine):
                 raise Mismatch(f"koid {ov.koid} size {size:#x}, oracle {ov.size:#x}")
             t, _ = ov.target()
             if t.disc == Disc.DISCARDED:
-                self.expect("read-discarded", Status.ERR_NOT_FOUND, lambda r=real: r.read(1, 0)
-                            if size else r.read(0, 0))
+                self.expect("read-discarded", Status.ERR_NOT_FOUND,
+                            functools.partial(real.read, 1 if size else 0, 0))
                 continue
             got = real.read(size, 0)
             want = ov.content()
