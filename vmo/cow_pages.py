@@ -38,6 +38,7 @@ import itertools
 import os
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -392,7 +393,17 @@ class CowPages:
         range at once, so a deep chain costs one pass per level, not one walk per page.
         """
         out = self.page_list.dense(start, end)
-        pending = [i for i, v in enumerate(out) if v == EMPTY]
+        if EMPTY not in out:
+            # Every page is here (the common case once content is loaded): one C-level scan
+            # for markers instead of a walk of the ancestors.
+            if MARKER in out:
+                out = [ZERO_FRAME if v == MARKER else v for v in out]
+            return out, []
+        n = end - start
+        if out.count(EMPTY) == n:
+            pending = list(range(n))
+        else:
+            pending = [i for i, v in enumerate(out) if v == EMPTY]
         cur, delta = self, start  # cur offset of index i is i + delta
         while pending and cur.parent is not None:
             parent = cur.parent
@@ -415,14 +426,17 @@ class CowPages:
             cur, delta = parent, pdelta
         absent: list[int] = []
         if pending and cur.parent is None and cur.is_source_preserving():
-            szo = cur.supply_zero_offset
-            for i in pending:
-                if i + delta < szo:
+            # Pending offsets below the supply-zero offset are the source's to supply.
+            cut = bisect_left(pending, cur.supply_zero_offset - delta)
+            if cut == n:  # all of them (a cold range of a pager-backed VMO)
+                out = [ABSENT] * n
+                absent = list(range(delta, delta + n))
+            else:
+                for i in pending[:cut]:
                     out[i] = ABSENT
                     absent.append(i + delta)
-        for i, v in enumerate(out):
-            if v <= 0 and v != ABSENT:
-                out[i] = ZERO_FRAME
+        if min(out) <= 0:
+            out = [v if v > 0 or v == ABSENT else ZERO_FRAME for v in out]
         return out, absent
 
     def lookup_for_read_locked(self, start: int, count: int) -> list[int]:
@@ -679,15 +693,25 @@ class CowPages:
         dense = self.page_list.dense(first, last)
         if self.parent is None and self.page_source is None:
             # Anonymous root: every missing page is a fresh zero page; allocate them at once.
-            missing = [i for i, v in enumerate(dense) if v <= 0]
+            n = last - first
+            all_missing = max(dense) <= 0
+            missing = range(n) if all_missing else [i for i, v in enumerate(dense) if v <= 0]
             if missing:
                 new = self._alloc_locked(len(missing), zero=False)
                 pmm = self.pmm
-                for i, f in zip(missing, new, strict=True):
-                    if not overwritten_from <= first + i < overwritten_to:
-                        pmm.zero_frame(f)
-                    dense[i] = f
-                if len(missing) == last - first and not self.page_list.any_in_range(first, last):
+                if all_missing:
+                    # Zero only the fresh pages the caller will not overwrite entirely.
+                    lo = max(0, min(n, overwritten_from - first))
+                    hi = max(lo, min(n, overwritten_to - first))
+                    for i in (*range(lo), *range(hi, n)):
+                        pmm.zero_frame(new[i])
+                    dense = new
+                else:
+                    for i, f in zip(missing, new, strict=True):
+                        if not overwritten_from <= first + i < overwritten_to:
+                            pmm.zero_frame(f)
+                        dense[i] = f
+                if all_missing and not self.page_list.any_in_range(first, last):
                     self._place_run_locked(first, new, DirtyState.UNTRACKED)
                 else:
                     for i in missing:
@@ -1448,7 +1472,10 @@ class CowPages:
         if end <= self.supply_zero_offset and not self.page_list.any_in_range(start, end):
             # Every slot is absent (the usual answer to a request): place them all at once.
             self.page_list.fill_empty_run(start, slots)
-            i = 0
+            i = 0 if min(slots) <= 0 else len(slots)
+            if i:
+                # No zero markers among them: one run.
+                pmm.place_many(slots, self, start, PageQueue.PAGER_BACKED, DirtyState.CLEAN)
             while i < len(slots):
                 if slots[i] <= 0:
                     i += 1
@@ -1502,9 +1529,8 @@ class CowPages:
         if self.parent is None:
             # A root: its own slots are the whole story. Take them in one sweep.
             self.range_change_locked(start, end, RangeChangeOp.UNMAP)
-            dense = self.page_list.dense(start, end)
-            self.page_list.clear_range(start, end)
-            pmm.unown_many([v for v in dense if v > 0])
+            dense = self.page_list.take_dense(start, end)
+            pmm.unown_many(dense if min(dense) > 0 else [v for v in dense if v > 0])
             self.hier.generation += 1
             return [v if v > 0 else MARKER for v in dense]
         frames, _ = self.resolve_range(start, end)
@@ -1707,6 +1733,37 @@ def _empty_run(node: CowPages, off: int, end: int) -> int:
     return (nxt[0] if nxt is not None else max(limit, off + 1)) - off
 
 
+def _frame_runs(frames: list[int]) -> list[tuple[int, int, int]]:
+    """Split ``frames`` into runs ``(index, first_frame, count)`` of consecutive frames (each
+    the page after the one before) or of the zero frame repeated.
+
+    The copy loops work run by run. Whole-list checks, at C speed, find the usual answers (one
+    run, or nothing but zeros) without looking at each page in Python.
+    """
+    n = len(frames)
+    if not n:
+        return []
+    f0 = frames[0]
+    if f0 != ZERO_FRAME and frames[-1] - f0 == n - 1 and frames == list(range(f0, f0 + n)):
+        return [(0, f0, n)]
+    if f0 == ZERO_FRAME and frames.count(ZERO_FRAME) == n:
+        return [(0, ZERO_FRAME, n)]
+    runs = []
+    i = 0
+    while i < n:
+        f = frames[i]
+        j = i + 1
+        if f == ZERO_FRAME:
+            while j < n and frames[j] == ZERO_FRAME:
+                j += 1
+        else:
+            while j < n and frames[j] == f + (j - i):
+                j += 1
+        runs.append((i, f, j - i))
+        i = j
+    return runs
+
+
 def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> bytes:
     """Concatenate the bytes of ``frames`` from byte ``skip`` for ``length`` bytes.
 
@@ -1717,29 +1774,16 @@ def _gather(pmm: PhysicalMemory, frames: list[int], skip: int, length: int) -> b
         pmm.coherence.before_read([f for f in frames if f != ZERO_FRAME])
     chunks: list[Any] = []
     physmap = pmm.physmap
-    i, n = 0, len(frames)
-    pos = -skip  # byte position of frames[i] relative to the requested start
-    while i < n:
-        f = frames[i]
-        j = i + 1
-        if f == ZERO_FRAME:
-            while j < n and frames[j] == ZERO_FRAME:
-                j += 1
-        else:
-            while j < n and frames[j] == f + (j - i):
-                j += 1
-        run_start = pos
-        run_end = pos + (j - i) * PAGE_SIZE
+    for i, f, count in _frame_runs(frames):
+        run_start = i * PAGE_SIZE - skip  # byte position of the run in the requested bytes
         lo = max(0, run_start)
-        hi = min(length, run_end)
+        hi = min(length, run_start + count * PAGE_SIZE)
         if lo < hi:
             if f == ZERO_FRAME:
                 chunks.append(bytes(hi - lo))
             else:
                 base = f * PAGE_SIZE + (lo - run_start)
                 chunks.append(physmap[base: base + (hi - lo)])
-        pos = run_end
-        i = j
     if len(chunks) == 1:
         return bytes(chunks[0])
     return b"".join(chunks)
@@ -1755,19 +1799,9 @@ def _frame_views(pmm: PhysicalMemory, frames: list[int], skip: int,
     consecutive frames; runs of the zero frame map to a shared read-only zero buffer."""
     views: list[memoryview] = []
     physmap = pmm.physmap
-    i, n = 0, len(frames)
-    pos = -skip
-    while i < n:
-        f = frames[i]
-        j = i + 1
-        if f == ZERO_FRAME:
-            while j < n and frames[j] == ZERO_FRAME:
-                j += 1
-        else:
-            while j < n and frames[j] == f + (j - i):
-                j += 1
-        run_start, run_end = pos, pos + (j - i) * PAGE_SIZE
-        lo, hi = max(0, run_start), min(length, run_end)
+    for i, f, count in _frame_runs(frames):
+        run_start = i * PAGE_SIZE - skip
+        lo, hi = max(0, run_start), min(length, run_start + count * PAGE_SIZE)
         if lo < hi:
             if f == ZERO_FRAME:
                 size = hi - lo
@@ -1778,8 +1812,6 @@ def _frame_views(pmm: PhysicalMemory, frames: list[int], skip: int,
             else:
                 base = f * PAGE_SIZE + (lo - run_start)
                 views.append(physmap[base: base + (hi - lo)])
-        pos = run_end
-        i = j
     return views
 
 
@@ -1831,22 +1863,13 @@ def _scatter(pmm: PhysicalMemory, frames: list[int], skip: int, data: memoryview
         pmm.coherence.before_write(frames)
     physmap = pmm.physmap
     length = len(data)
-    i, n = 0, len(frames)
-    pos = -skip
-    while i < n:
-        f = frames[i]
-        j = i + 1
-        while j < n and frames[j] == f + (j - i):
-            j += 1
-        run_start = pos
-        run_end = pos + (j - i) * PAGE_SIZE
+    for i, f, count in _frame_runs(frames):
+        run_start = i * PAGE_SIZE - skip
         lo = max(0, run_start)
-        hi = min(length, run_end)
+        hi = min(length, run_start + count * PAGE_SIZE)
         if lo < hi:
             base = f * PAGE_SIZE + (lo - run_start)
             physmap[base: base + (hi - lo)] = data[lo:hi]
-        pos = run_end
-        i = j
 
 
 __all__ = [

@@ -1,10 +1,17 @@
 """The sparse page list of one VmCowPages node: page offset to page frame or zero marker.
 
 Like Zircon's ``VmPageList`` the list is made of nodes of ``NODE_PAGES`` slots, keyed by the
-node's first page offset in a ``SortedDict``. A slot is an int: ``EMPTY`` (0, nothing here: look
-at the parent, or ask the page source), ``MARKER`` (-1, "zero here, do not look further") or a
-frame number (>= 1). Range walks visit nodes, not offsets, so their cost follows the number of
-committed entries, not the size of the VMO; point lookups are one dict lookup.
+node's index (first page offset // ``NODE_PAGES``) in a dict. A slot is an int: ``EMPTY`` (0,
+nothing here: look at the parent, or ask the page source), ``MARKER`` (-1, "zero here, do not
+look further") or a frame number (>= 1). Point lookups are one dict lookup.
+
+Range walks visit nodes, not offsets, so their cost follows the number of committed entries,
+not the size of the VMO. A walk over a range spanning fewer node slots than the list has nodes
+probes each slot's key in the dict; a wider walk uses the sorted list of keys, kept as a cache
+that is rebuilt only after a node was added or dropped. A sorted container (``SortedDict``)
+would keep that order up to date on every change instead, at a cost of a few microseconds per
+node created or dropped: that is what a supply of a large run pays, node after node, while
+the walks that need the order over many nodes are rarer.
 
 Offsets here are page indices, not bytes. Each node is an ``array('q')`` of ``NODE_PAGES`` slots
 followed by one extra int, the count of non-empty slots, so that an emptied node can be dropped
@@ -14,9 +21,8 @@ without scanning it.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-
-from sortedcontainers import SortedDict
 
 NODE_PAGES = 16
 _SHIFT = 4
@@ -35,11 +41,38 @@ def _new_node() -> array[int]:
 
 
 class PageList:
-    __slots__ = ("_nodes", "_entries")
+    __slots__ = ("_nodes", "_entries", "_sorted_keys")
 
     def __init__(self) -> None:
-        self._nodes: SortedDict = SortedDict()
+        self._nodes: dict[int, array[int]] = {}
         self._entries = 0
+        # The node keys in ascending order; None once a node was added or dropped since.
+        self._sorted_keys: list[int] | None = []
+
+    def _keys_in(self, first: int, last: int | None) -> list[int]:
+        """Keys of the nodes with ``first <= key <= last`` (no bound if None), ascending."""
+        nodes = self._nodes
+        if last is not None:
+            if last < first:
+                return []
+            if last - first < len(nodes):
+                return [k for k in range(first, last + 1) if k in nodes]
+        keys = self._sorted_keys
+        if keys is None:
+            keys = self._sorted_keys = sorted(nodes)
+        lo = bisect_left(keys, first)
+        hi = len(keys) if last is None else bisect_right(keys, last, lo)
+        return keys[lo:hi]
+
+    def _add_node(self, key: int) -> array[int]:
+        node = _new_node()
+        self._nodes[key] = node
+        self._sorted_keys = None
+        return node
+
+    def _drop_node(self, key: int) -> None:
+        del self._nodes[key]
+        self._sorted_keys = None
 
     # -- point operations ---------------------------------------------------------------------
 
@@ -53,8 +86,7 @@ class PageList:
         key = off >> _SHIFT
         node = self._nodes.get(key)
         if node is None:
-            node = _new_node()
-            self._nodes[key] = node
+            node = self._add_node(key)
         i = off & _MASK
         old: int = node[i]
         if old == EMPTY:
@@ -76,7 +108,7 @@ class PageList:
             node[NODE_PAGES] -= 1
             self._entries -= 1
             if node[NODE_PAGES] == 0:
-                del self._nodes[key]
+                self._drop_node(key)
         return old
 
     # -- range walks ----------------------------------------------------------------------------
@@ -91,7 +123,7 @@ class PageList:
         last = None if end is None else (end - 1) >> _SHIFT
         if end is not None and end <= start:
             return
-        for key in list(nodes.irange(first, last)):
+        for key in self._keys_in(first, last):
             node = nodes.get(key)
             if node is None:
                 continue
@@ -115,7 +147,7 @@ class PageList:
         nodes = self._nodes
         if not nodes or end <= start:
             return out
-        for key in nodes.irange(start >> _SHIFT, (end - 1) >> _SHIFT):
+        for key in self._keys_in(start >> _SHIFT, (end - 1) >> _SHIFT):
             node = nodes[key]
             base = key << _SHIFT
             lo = max(start, base)
@@ -148,46 +180,79 @@ class PageList:
         """Store ``values[i]`` at ``start + i`` where those slots are empty (fast `set_run`).
 
         The caller guarantees the slots are empty and the values non-empty: each node is
-        filled with one slice assignment.
+        filled with one slice assignment, and a node the run covers whole is built in one step.
         """
         nodes = self._nodes
+        run = array("q", values)  # converted once; each node then takes a C-level slice
         i, n = 0, len(values)
+        added = False
         while i < n:
             off = start + i
             key = off >> _SHIFT
-            node = nodes.get(key)
-            if node is None:
-                node = _new_node()
-                nodes[key] = node
             lo = off & _MASK
             take = min(NODE_PAGES - lo, n - i)
-            node[lo:lo + take] = array("q", values[i:i + take])
-            node[NODE_PAGES] += take
-            self._entries += take
+            node = nodes.get(key)
+            if node is None and take == NODE_PAGES:
+                node = run[i:i + NODE_PAGES]
+                node.append(NODE_PAGES)
+                nodes[key] = node
+                added = True
+            else:
+                if node is None:
+                    node = nodes[key] = _new_node()
+                    added = True
+                node[lo:lo + take] = run[i:i + take]
+                node[NODE_PAGES] += take
             i += take
+        self._entries += n
+        if added:
+            self._sorted_keys = None
 
     def clear_range(self, start: int, end: int) -> list[int]:
         """Empty every slot of ``[start, end)``; returns the frames (not markers) removed.
 
         Whole nodes are dropped at once and partial ones cleared by slice."""
+        removed = self._clear(start, end, None)
+        return removed.tolist() if MARKER not in removed else [v for v in removed if v > 0]
+
+    def take_dense(self, start: int, end: int) -> list[int]:
+        """`dense` and `clear_range` in one pass: the slot values of ``[start, end)`` (EMPTY where
+        nothing was), every slot emptied."""
+        out = array("q", bytes(8 * max(0, end - start)))
+        self._clear(start, end, out)
+        return out.tolist()
+
+    def _clear(self, start: int, end: int, out: array[int] | None) -> array[int]:
+        """Empty ``[start, end)``. Returns the non-empty values removed (in ascending order of
+        offset); with ``out`` (one slot per page of the range) also stores every value there."""
         nodes = self._nodes
-        frames: list[int] = []
+        removed_values = array("q")
         if end <= start or not nodes:
-            return frames
-        for key in list(nodes.irange(start >> _SHIFT, (end - 1) >> _SHIFT)):
+            return removed_values
+        dropped = False
+        for key in self._keys_in(start >> _SHIFT, (end - 1) >> _SHIFT):
             node = nodes[key]
             base = key << _SHIFT
             lo, hi = max(start, base) - base, min(end, base + NODE_PAGES) - base
             part = node[lo:hi]
-            removed = sum(1 for v in part if v != EMPTY)
-            frames.extend(v for v in part if v > 0)
-            if removed == node[NODE_PAGES]:
+            if out is not None:
+                out[base + lo - start: base + hi - start] = part
+            count = node[NODE_PAGES]
+            removed = hi - lo - part.count(EMPTY)
+            if removed == hi - lo:
+                removed_values.extend(part)
+            elif removed:
+                removed_values.extend([v for v in part if v != EMPTY])
+            if removed == count:
                 del nodes[key]
+                dropped = True
             else:
-                node[lo:hi] = array("q", bytes(8 * (hi - lo)))
-                node[NODE_PAGES] -= removed
+                node[lo:hi] = _EMPTY_NODE[:hi - lo]
+                node[NODE_PAGES] = count - removed
             self._entries -= removed
-        return frames
+        if dropped:
+            self._sorted_keys = None
+        return removed_values
 
     # -- whole-list properties ------------------------------------------------------------------
 
@@ -205,7 +270,7 @@ class PageList:
     def last_offset(self) -> int | None:
         if not self._nodes:
             return None
-        key = self._nodes.keys()[-1]
+        key = max(self._nodes)
         node = self._nodes[key]
         for i in range(NODE_PAGES - 1, -1, -1):
             if node[i] != EMPTY:
@@ -219,7 +284,7 @@ class PageList:
         """Approximate Python-side bytes held by this list (nodes and their index)."""
         import sys
 
-        # The node array, its key int, and its share of the SortedDict (dict slot, key list,
-        # sorted-list slot).
-        per_node = sys.getsizeof(_new_node()) + 28 + 3 * 8 + 40
+        # The node array, its key int, its dict slot (hash, key, value, about 1.5x for the
+        # table's spare room) and its slot in the sorted key cache.
+        per_node = sys.getsizeof(_new_node()) + 28 + 40 + 8
         return len(self._nodes) * per_node

@@ -24,7 +24,9 @@ import mmap
 import os
 import threading
 from array import array
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import Any, Protocol
 
 from vmo.errors import Status, ZxError
@@ -77,6 +79,18 @@ class Coherence(Protocol):
     def before_write(self, frames: Sequence[int]) -> None: ...
 
     def on_free(self, frames: Sequence[int]) -> None: ...
+
+
+def consecutive(frames: Sequence[int]) -> bool:
+    """Are ``frames`` (distinct, as every caller's are) one ascending run f, f + 1, ...?
+
+    Checked at C speed (distinct and sorted with last - first == n - 1 is exactly that), so
+    that the bulk operations can write the columns as slices instead of frame by frame.
+    """
+    n = len(frames)
+    if not n:
+        return False
+    return frames[-1] - frames[0] == n - 1 and (n < 3 or sorted(frames) == list(frames))
 
 
 class PhysicalMemory:
@@ -188,8 +202,13 @@ class PhysicalMemory:
             self._next_fresh += fresh_count
             frames = reused + fresh
             state = self.state
-            for f in frames:
-                state[f] = FrameState.ALLOC
+            if consecutive(reused):
+                state[reused[0]:reused[0] + take] = bytes([FrameState.ALLOC]) * take
+            else:
+                for f in reused:
+                    state[f] = FrameState.ALLOC
+            if fresh_count:
+                state[fresh[0]:fresh[0] + fresh_count] = bytes([FrameState.ALLOC]) * fresh_count
             self.allocated_total += count
         if zero:
             for f in reused:
@@ -209,24 +228,47 @@ class PhysicalMemory:
         with self._lock:
             state, split, dirty, owner, pin = (
                 self.state, self.split, self.dirty, self.owner, self.pin_count)
-            # Check everything before changing anything: a bad list frees nothing.
-            if len(set(frames)) != len(frames):
-                raise AssertionError(f"freeing a frame twice in one call: {frames}")
-            for f in frames:
-                if not 0 < f < self.total_frames or state[f] in (FrameState.FREE, FrameState.ZERO):
-                    raise AssertionError(f"freeing frame {f} in state "
-                                         f"{FrameState(state[f]).name if 0 <= f < self.total_frames else 'out of range'}")
-            for f in frames:
-                q = self.queue[f]
-                if q > PageQueue.ANONYMOUS:
-                    self.queues[q].pop(f, None)  # type: ignore[index]
-                self.queue[f] = 0
-                state[f] = FrameState.FREE
-                self.always_need[f] = 0
-                split[f] = 0
-                dirty[f] = 0
-                owner[f] = None
-                pin[f] = 0
+            n = len(frames)
+            if consecutive(frames) and frames[0] > 0 and frames[-1] < self.total_frames:
+                # One run: checks and resets as column slices.
+                lo, hi = frames[0], frames[0] + n
+                if state[lo:hi].count(FrameState.FREE) or state[lo:hi].count(FrameState.ZERO):
+                    bad = next(f for f in frames if state[f] in (FrameState.FREE,
+                                                                 FrameState.ZERO))
+                    raise AssertionError(f"freeing frame {bad} in state "
+                                         f"{FrameState(state[bad]).name}")
+                queued = self.queue[lo:hi]
+                if max(queued) > PageQueue.ANONYMOUS:
+                    self._leave_queues(frames, queued)
+                zeros = bytes(n)
+                self.queue[lo:hi] = zeros
+                state[lo:hi] = bytes([FrameState.FREE]) * n
+                self.always_need[lo:hi] = zeros
+                split[lo:hi] = zeros
+                dirty[lo:hi] = zeros
+                owner[lo:hi] = [None] * n
+                pin[lo:hi] = array("H", bytes(2 * n))
+            else:
+                # Check everything before changing anything: a bad list frees nothing.
+                if len(set(frames)) != n:
+                    raise AssertionError(f"freeing a frame twice in one call: {frames}")
+                for f in frames:
+                    if not 0 < f < self.total_frames or state[f] in (FrameState.FREE,
+                                                                     FrameState.ZERO):
+                        where = (FrameState(state[f]).name if 0 <= f < self.total_frames
+                                 else "out of range")
+                        raise AssertionError(f"freeing frame {f} in state {where}")
+                for f in frames:
+                    q = self.queue[f]
+                    if q > PageQueue.ANONYMOUS:
+                        self.queues[q].pop(f, None)  # type: ignore[index]
+                    self.queue[f] = 0
+                    state[f] = FrameState.FREE
+                    self.always_need[f] = 0
+                    split[f] = 0
+                    dirty[f] = 0
+                    owner[f] = None
+                    pin[f] = 0
             # Pushed in reverse so that the next allocation pops them in their original order.
             self._free.extend(reversed(frames))
             self.freed_total += len(frames)
@@ -238,6 +280,20 @@ class PhysicalMemory:
         self.owner[frame] = owner
         self.offset[frame] = offset
 
+    def _leave_queues(self, frames: Sequence[int], queued: bytes | bytearray,
+                      keep: int = -1) -> None:
+        """Take ``frames`` (whose queue column values are ``queued``) out of the ordered
+        queues they are in, except ``keep``."""
+        b = queued[0]
+        if queued.count(b) == len(queued):
+            # All from one queue (the usual case): the pops run as one C-level loop.
+            if b > PageQueue.ANONYMOUS and b != keep:
+                deque(map(self.queues[b].pop, frames, repeat(None)), 0)  # type: ignore[index]
+            return
+        for f, b in zip(frames, queued, strict=True):
+            if b > PageQueue.ANONYMOUS and b != keep:
+                self.queues[b].pop(f, None)  # type: ignore[index]
+
     def place_many(self, frames: Sequence[int], owner: Any, first_offset: int,
                    queue: PageQueue, dirty: int) -> None:
         """Own ``frames[i]`` by ``owner`` at ``first_offset + i`` in one pass (bulk
@@ -246,7 +302,7 @@ class PhysicalMemory:
         if not n:
             return
         f0 = frames[0]
-        if frames[-1] - f0 == n - 1 and list(frames) == list(range(f0, f0 + n)):
+        if consecutive(frames):
             # Consecutive frames (what the allocator hands out): column slices, C speed.
             end = f0 + n
             self.state[f0:end] = bytes([FrameState.OBJECT]) * n
@@ -257,7 +313,7 @@ class PhysicalMemory:
             old = bytes(self.queue[f0:end])
             self.queue[f0:end] = bytes([queue]) * n
         else:
-            old = bytes(self.queue[f] for f in frames)
+            old = bytes([self.queue[f] for f in frames])
             state, split, dirt, own, offs, q = (self.state, self.split, self.dirty, self.owner,
                                                 self.offset, self.queue)
             for i, f in enumerate(frames):
@@ -267,16 +323,28 @@ class PhysicalMemory:
                 own[f] = owner
                 offs[f] = first_offset + i
                 q[f] = queue
-        if any(b > PageQueue.ANONYMOUS for b in old):
-            for f, b in zip(frames, old, strict=True):
-                if b > PageQueue.ANONYMOUS and b != queue:
-                    self.queues[b].pop(f, None)  # type: ignore[index]
+        if max(old) > PageQueue.ANONYMOUS:
+            self._leave_queues(frames, old, keep=queue)
         if queue > PageQueue.ANONYMOUS:
             self.queues[queue].update(dict.fromkeys(frames))
 
     def unown_many(self, frames: Sequence[int]) -> None:
         """Frames leave their page list but stay allocated (in flight between VMOs)."""
+        n = len(frames)
+        if not n:
+            return
         state, own, q, split = self.state, self.owner, self.queue, self.split
+        if consecutive(frames):
+            lo, hi = frames[0], frames[0] + n
+            queued = q[lo:hi]
+            if max(queued) > PageQueue.ANONYMOUS:
+                self._leave_queues(frames, queued)
+            zeros = bytes(n)
+            q[lo:hi] = zeros
+            state[lo:hi] = bytes([FrameState.ALLOC]) * n
+            own[lo:hi] = [None] * n
+            split[lo:hi] = zeros
+            return
         for f in frames:
             b = q[f]
             if b > PageQueue.ANONYMOUS:
