@@ -1848,6 +1848,18 @@ def _vectored_io(call: Callable[[int, Any, int], int], fd: int, views: list[memo
     return done
 
 
+def fill_frames_from_fd(pmm: PhysicalMemory, frames: list[int], fd: int, fd_offset: int) -> int:
+    """Read ``len(frames)`` pages of ``fd`` from ``fd_offset`` straight into ``frames`` (frames
+    no VMO owns yet, so nothing can see them while the read runs). Bytes past the end of the
+    file become zeros. Returns the bytes read."""
+    length = len(frames) * PAGE_SIZE
+    views = _frame_views(pmm, frames, 0, length)
+    got = _vectored_io(os.preadv, fd, views, fd_offset)
+    if got < length:
+        _zero_views_from(views, got)
+    return got
+
+
 def _zero_views_from(views: list[memoryview], skip: int) -> None:
     for v in views:
         if skip >= len(v):
@@ -1881,4 +1893,5 @@ __all__ = [
     "KernelState",
     "NeedPages",
     "RangeChangeOp",
+    "fill_frames_from_fd",
 ]

@@ -4,11 +4,18 @@ This is the wendelin ``BigFile`` pattern (``loadblk`` / ``storeblk`` / ``fileh_d
 built on the user pager. The file is cut into page-sized blocks; block ``n`` is VMO page ``n``:
 
 - *loadblk*: a READ request for ``[offset, offset + length)`` is served by reading the file
-  (``os.preadv`` into a reused buffer) into an auxiliary anonymous VMO and moving its pages into the VMO with
-  `Pager.supply_pages`. The whole requested run is served at once (a read of 1 MiB makes one
-  request, one ``pread`` of 1 MiB and one supply), in chunks of at most ``chunk_size`` bytes so
-  that a huge request never needs a huge buffer. Bytes past the end of the file (or past
-  ``size``) read as zeros; an all-zero chunk is supplied as zero markers, not as pages.
+  straight into fresh pages and supplying them (`Pager.supply_pages_from_fd`: one ``preadv``
+  into the frames, no intermediate buffer and no aux VMO). The whole requested run is served
+  at once (a read of 1 MiB makes one request, one ``preadv`` of 1 MiB and one supply), in
+  chunks of at most ``chunk_size`` bytes. Bytes past the end of the file (or past ``size``)
+  read as zeros; a hole of the file (``SEEK_DATA``) is supplied as zero pages without reading
+  it or using memory, through an empty auxiliary VMO and `Pager.supply_pages`.
+- *readahead*: like the OS's page cache, a reader going through the file in order gets the
+  pages ahead of it before it asks. With ``readahead="auto"`` (the default) a READ request
+  that starts where the previous one's supply ended (or at offset 0) is sequential: it is
+  served with a window of extra pages that doubles on each sequential request, from the
+  request's own size up to ``max_readahead``; any other request gets no readahead and
+  resets the window. An int is a fixed number of bytes supplied past every request (0: off).
 - *dirty*: with ``trap_dirty`` the VMO asks before a Clean page is first written (a DIRTY
   request); the pager acknowledges it (``PagerOp.DIRTY``). Without it pages simply turn Dirty.
 - *writeout*: `flush` asks the kernel which ranges are not Clean (`Pager.query_dirty_ranges`)
@@ -71,6 +78,7 @@ if TYPE_CHECKING:
     from vmo.kernel import Kernel
 
 DEFAULT_CHUNK = 1 << 20
+DEFAULT_MAX_READAHEAD = 4 << 20
 _MODES = ("handler", "queue")
 
 
@@ -84,7 +92,7 @@ class FilePagerMetrics:
     failed_requests: int  # requests failed back to the reader (a pread error)
     pages_read: int  # pages supplied with bytes read from the file
     pages_zero_filled: int  # pages supplied as zeros (past the end of the file, or all-zero)
-    pages_readahead: int  # pages supplied beyond what a request asked for (``readahead``)
+    pages_readahead: int  # pages supplied beyond what a request asked for (readahead)
     pages_dirtied: int  # pages acknowledged Dirty
     pages_written_back: int  # pages written to the file by `flush` (data ranges)
     zero_pages_written_back: int  # pages of zero ranges written back (zeros or file growth)
@@ -103,7 +111,7 @@ class FilePager:
     """A file served as a pager-backed VMO (see the module docstring).
 
     ``FilePager(kernel, path, *, size=None, trap_dirty=False, mode="handler", resizable=False,
-    create=False, readahead=0, chunk_size=1 MiB, name=None)``
+    create=False, readahead="auto", max_readahead=4 MiB, chunk_size=1 MiB, name=None)``
 
     Arguments:
         kernel: the `vmo.Kernel` whose memory holds the pages.
@@ -117,8 +125,10 @@ class FilePager:
         resizable: create the VMO with ``PagerVmoOptions.RESIZABLE`` (see `resize`).
         create: create the file if it does not exist (with ``size``: it starts empty and
             grows as pages are written back).
-        readahead: bytes (rounded up to pages) to supply past the end of each READ request,
-            as the OS does for sequential reads. 0 by default.
+        readahead: ``"auto"`` (default): a window that grows while requests are sequential
+            (see the module docstring); or bytes (rounded up to pages) to supply past the end
+            of every READ request; 0 turns readahead off.
+        max_readahead: the largest ``"auto"`` window in bytes (rounded up to pages).
         chunk_size: the largest single ``pread``/``pwrite`` (rounded up to pages).
         name: the VMO's name (default: the file's base name, truncated).
 
@@ -135,8 +145,10 @@ class FilePager:
 
     def __init__(self, kernel: Kernel, path: str | os.PathLike[str], *, size: int | None = None,
                  trap_dirty: bool = False, mode: Literal["handler", "queue"] = "handler",
-                 resizable: bool = False, create: bool = False, readahead: int = 0,
-                 chunk_size: int = DEFAULT_CHUNK, name: str | None = None) -> None:
+                 resizable: bool = False, create: bool = False,
+                 readahead: int | Literal["auto"] = "auto",
+                 max_readahead: int = DEFAULT_MAX_READAHEAD, chunk_size: int = DEFAULT_CHUNK,
+                 name: str | None = None) -> None:
         from vmo.kernel import Kernel
 
         if not isinstance(kernel, Kernel):
@@ -156,7 +168,9 @@ class FilePager:
         if size is not None:
             size = _args.u64("size", size)
             _args.page_size_round("size", size)
-        readahead = _args.page_size_round("readahead", readahead)
+        auto = isinstance(readahead, str) and readahead == "auto"
+        readahead = 0 if auto else _args.page_size_round("readahead", readahead)
+        max_readahead = _args.page_size_round("max_readahead", max_readahead)
         chunk_size = _args.page_size_round("chunk_size", chunk_size)
         if chunk_size == 0 or chunk_size > 1 << 30:
             raise ZxError(Status.ERR_INVALID_ARGS,
@@ -173,17 +187,25 @@ class FilePager:
         try:
             if size is None:
                 size = os.fstat(self._fd).st_size
-            self._setup(kernel, size, trap_dirty, mode, resizable, readahead, chunk_size, name)
+            self._setup(kernel, size, trap_dirty, mode, resizable,
+                        "auto" if auto else readahead, max_readahead, chunk_size, name)
         except BaseException:
             os.close(self._fd)
             raise
 
     def _setup(self, kernel: Kernel, size: int, trap_dirty: bool, mode: str, resizable: bool,
-               readahead: int, chunk_size: int, name: str | None) -> None:
+               readahead: int | str, max_readahead: int, chunk_size: int,
+               name: str | None) -> None:
         self.kernel = kernel
         self.mode = mode
         self.trap_dirty = trap_dirty
         self.readahead = readahead
+        self.max_readahead = max_readahead
+        # The "auto" readahead state: where the last READ's supply ended, and its window.
+        # Requests served at once on several threads may race on these; the worst outcome is
+        # a window of the wrong size, never wrong content.
+        self._ra_end = 0
+        self._ra_window = 0
         self.chunk_size = chunk_size
         self._size = size  # the logical size in bytes (see the module docstring)
         self._counters: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
@@ -296,49 +318,74 @@ class FilePager:
             self.pager.op_range(PagerOp.FAIL, request.vmo, request.offset, request.length,
                                 Status.ERR_IO)
 
+    def _readahead_end(self, start: int, end: int, vmo_size: int) -> int:
+        """Where the supply for a READ request of ``[start, end)`` ends, readahead included."""
+        if self.readahead == "auto":
+            if start in (0, self._ra_end):  # sequential: grow the window
+                window = min(self.max_readahead, max(2 * self._ra_window, end - start))
+            else:
+                window = 0
+            self._ra_window = window
+        else:
+            window = int(self.readahead)
+        served_end = max(end, min(end + window, vmo_size))
+        self._ra_end = served_end
+        return served_end
+
     def _serve_read(self, request: PageRequest) -> None:
         t0 = time.perf_counter()
         vmo = request.vmo
         start, end = request.offset, request.offset + request.length
-        served_end = end
-        if self.readahead:
-            # Clip to the VMO as it is now; a shrink racing with us makes the supply fail with
-            # ERR_OUT_OF_RANGE, which `handle` drops.
-            served_end = max(end, min(end + self.readahead, vmo.get_size()))
-        aux = self._scratch()
+        # Clip to the VMO as it is now; a shrink racing with us makes the supply fail with
+        # ERR_OUT_OF_RANGE, which `handle` drops.
+        served_end = self._readahead_end(start, end, vmo.get_size())
         fd = self._fd
         logical = self._size
+        # Pages wholly past this are zeros whichever way they are supplied.
+        data_end = min(logical, _page_round_up(os.fstat(fd).st_size))
         pages_read = zero_pages = 0
         nbytes = 0
         off = start
         while off < served_end:
             n = min(self.chunk_size, served_end - off)
             want = max(0, min(n, logical - off))
-            got = 0
             if want and not _has_data(fd, off, off + want):
                 want = 0  # a hole in the file: supplied as zero markers, read from nowhere
-            try:
-                if want:
-                    # preadv straight into the aux VMO's pages. The rest of the last page
-                    # (past the end of the file or the logical size) is zero, as the aux VMO's
-                    # fresh pages are; pages wholly past it stay empty in aux and are supplied
-                    # as zero markers.
-                    got = aux.write_from_fd(fd, want, 0, off)
-                    nbytes += got
-                self.pager.supply_pages(vmo, off, n, aux, 0)
-            except BaseException:
-                # The supply did not take the pages: empty the aux VMO, or a later, shorter
-                # read would supply this one's tail.
-                if not aux.closed and not self.kernel.closed:
-                    aux.op_range(VmoOp.DECOMMIT, 0, aux.get_size())
-                raise
-            full = -(-got // PAGE_SIZE)
-            pages_read += full
-            zero_pages += n // PAGE_SIZE - full
+                zero_pages += n // PAGE_SIZE
+            else:
+                zero_pages += max(0, off + n - max(off, data_end)) // PAGE_SIZE
+            if want == n:
+                # The usual case: file bytes all the way. Straight from the file into pages
+                # (pages already present are skipped, not read).
+                got = self.pager.supply_pages_from_fd(vmo, off, n, fd, off)
+            else:
+                got = self._supply_partial(vmo, off, n, want)
+            nbytes += got
+            pages_read += -(-got // PAGE_SIZE)
             off += n
         self._count(read_requests=1, pages_read=pages_read, pages_zero_filled=zero_pages,
                     pages_readahead=(served_end - end) // PAGE_SIZE, bytes_read=nbytes,
                     serve_seconds=time.perf_counter() - t0)
+
+    def _supply_partial(self, vmo: Vmo, off: int, n: int, want: int) -> int:
+        """Supply ``n`` bytes at ``off`` of which only the first ``want`` come from the file
+        (the logical end or a hole lies inside): through this thread's aux VMO, whose pages
+        past ``want`` stay empty and are supplied as zero markers. Returns the bytes read."""
+        aux = self._scratch()
+        got = 0
+        try:
+            if want:
+                # The rest of the last page (past the logical size) is zero, as the aux
+                # VMO's fresh pages are.
+                got = aux.write_from_fd(self._fd, want, 0, off)
+            self.pager.supply_pages(vmo, off, n, aux, 0)
+        except BaseException:
+            # The supply did not take the pages: empty the aux VMO, or a later, shorter
+            # read would supply this one's tail.
+            if not aux.closed and not self.kernel.closed:
+                aux.op_range(VmoOp.DECOMMIT, 0, aux.get_size())
+            raise
+        return got
 
     def _serve_dirty(self, request: PageRequest) -> None:
         self.pager.op_range(PagerOp.DIRTY, request.vmo, request.offset, request.length)
@@ -526,6 +573,10 @@ class FilePager:
     def __exit__(self, *exc: object) -> None:
         if not self._closed:
             self.close()
+
+
+def _page_round_up(n: int) -> int:
+    return -(-n // PAGE_SIZE) * PAGE_SIZE
 
 
 def _has_data(fd: int, start: int, end: int) -> bool:

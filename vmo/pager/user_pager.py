@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from vmo import _args
-from vmo.cow_pages import CowPages
+from vmo.cow_pages import MAX_SUPPLY_PAGES, CowPages, fill_frames_from_fd
 from vmo.errors import Status, ZxError
+from vmo.page_list import EMPTY, MARKER
 from vmo.pager.source import PageRequestCommand, Request, RequestTracker
 from vmo.pmm import PAGE_SIZE
 from vmo.vm_object import Vmo
@@ -270,6 +271,69 @@ class Pager:
         finally:
             pmm.free([f for f in slots if f > 0])
 
+    def supply_pages_from_fd(self, pager_vmo: Vmo, offset: int, length: int, fd: int,
+                             fd_offset: int) -> int:
+        """Supply ``[offset, offset + length)`` of ``pager_vmo`` with the bytes of the file
+        ``fd`` at ``fd_offset``; returns the bytes read from the file. Not a Zircon call.
+
+        The outcome is that of filling an aux VMO from the file and `supply_pages` from it,
+        without the aux VMO: fresh frames are allocated, the file is read into them
+        (``preadv``, no intermediate copy, no lock held while it reads) and they are
+        supplied. Bytes past the end of the file are zeros; pages wholly past it are supplied
+        as zero pages without memory. Pages already present in ``pager_vmo`` are kept, as with
+        `supply_pages`, and their part of the file is not read at all.
+
+        Raises ``ZxError``: ``ERR_INVALID_ARGS`` for a bad fd or unaligned offset/length,
+        ``ERR_OUT_OF_RANGE`` past the VMO's end, ``ERR_NO_MEMORY`` if the arena cannot hold the
+        range, ``ERR_IO`` (``ERR_NO_SPACE``) if the read fails (the run being read is not
+        supplied), ``ERR_BAD_STATE`` once the VMO was detached.
+        """
+        self._check_open()
+        src, node = self._source_of(pager_vmo, "pager_vmo")
+        fd = _args.fd("fd", fd)
+        fd_offset = _args.u64("fd_offset", fd_offset)
+        start, end = self._range(pager_vmo, offset, length)
+        if end - start > MAX_SUPPLY_PAGES:
+            raise ZxError(Status.ERR_NO_MEMORY,
+                          f"a supply of {end - start} pages is more than the page lists can "
+                          f"track at once ({MAX_SUPPLY_PAGES} pages)")
+        with pager_vmo._hier.lock:
+            pager_vmo._check_open()
+            if src.detached:
+                raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
+            runs = _absent_runs(node, start, end)
+        got = 0
+        for run_start, run_end in runs:
+            got += self._supply_run_from_fd(pager_vmo, src, node, run_start, run_end, fd,
+                                            fd_offset + (run_start - start) * PAGE_SIZE)
+        return got
+
+    def _supply_run_from_fd(self, pager_vmo: Vmo, src: UserPagerSource, node: CowPages,
+                            start: int, end: int, fd: int, fd_offset: int) -> int:
+        count = end - start
+        pmm = self._kernel.pmm
+        frames = pmm.alloc(count, zero=False)
+        slots: list[int] = frames
+        try:
+            got = fill_frames_from_fd(pmm, frames, fd, fd_offset)
+            full = -(-got // PAGE_SIZE)
+            if full < count:
+                # Pages wholly past the end of the file: zero pages, no memory.
+                pmm.free(frames[full:])
+                slots = frames[:full] + [MARKER] * (count - full)
+            with pager_vmo._hier.lock:
+                pager_vmo._check_open()
+                if src.detached:
+                    raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
+                if node.size < end:
+                    raise ZxError(Status.ERR_OUT_OF_RANGE, "pager_vmo shrank during the supply")
+                rejected = node.supply_pages_locked(start, slots)
+                slots = []
+                pmm.free(rejected)
+        finally:
+            pmm.free([f for f in slots if f > 0])
+        return got
+
     def op_range(self, op: PagerOp, vmo: Vmo, offset: int, length: int, data: int = 0) -> None:
         """``zx_pager_op_range``: FAIL, DIRTY, WRITEBACK_BEGIN, WRITEBACK_END."""
         self._check_open()
@@ -381,3 +445,25 @@ class Pager:
     def __exit__(self, *exc: object) -> None:
         if not self._closed:
             self.close()
+
+
+def _absent_runs(node: CowPages, start: int, end: int) -> list[tuple[int, int]]:
+    """The runs of ``[start, end)`` a supply would fill: slots holding nothing, below the
+    supply-zero offset (past it the VMO keeps its zeros)."""
+    end = min(end, node.supply_zero_offset)
+    if end <= start:
+        return []
+    dense = node.page_list.dense(start, end)
+    if dense.count(EMPTY) == len(dense):
+        return [(start, end)]
+    runs = []
+    run_start = None
+    for i, v in enumerate(dense):
+        if v == EMPTY and run_start is None:
+            run_start = start + i
+        elif v != EMPTY and run_start is not None:
+            runs.append((run_start, start + i))
+            run_start = None
+    if run_start is not None:
+        runs.append((run_start, end))
+    return runs
