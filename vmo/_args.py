@@ -8,6 +8,8 @@ rather than a type error; a value that is not an int at all is ``ERR_INVALID_ARG
 from __future__ import annotations
 
 import enum
+import fcntl
+import os
 from typing import Any, TypeVar
 
 from vmo.errors import Status, ZxError
@@ -114,10 +116,22 @@ def name(value: Any, max_bytes: int) -> str:
     return raw[:max_bytes].decode("utf-8", errors="ignore").split("\0", 1)[0]
 
 
-def fd(name: str, value: Any) -> int:
-    """An open file descriptor number."""
+def fd(name: str, value: Any, *, read: bool = False, write: bool = False) -> int:
+    """An open file descriptor number: ``ERR_INVALID_ARGS`` for what cannot be one,
+    ``ERR_BAD_HANDLE`` for a number that is not open (an fd is this host's handle),
+    ``ERR_ACCESS_DENIED`` if it was not opened for reading (``read``) or writing (``write``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ZxError(Status.ERR_INVALID_ARGS, f"{name} must be an int, not {type(value).__name__}")
     if value < 0 or value >= 1 << 31:
         raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is not a file descriptor")
+    try:
+        os.fstat(value)
+    except OSError as e:
+        raise ZxError(Status.ERR_BAD_HANDLE, f"{name} {value} is not open: {e.strerror}") from None
+    if read or write:
+        mode = fcntl.fcntl(value, fcntl.F_GETFL) & os.O_ACCMODE
+        if read and mode == os.O_WRONLY:
+            raise ZxError(Status.ERR_ACCESS_DENIED, f"{name} {value} is not open for reading")
+        if write and mode == os.O_RDONLY:
+            raise ZxError(Status.ERR_ACCESS_DENIED, f"{name} {value} is not open for writing")
     return value

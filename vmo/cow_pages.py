@@ -657,7 +657,10 @@ class CowPages:
         if pmm.coherence is not None:
             pmm.coherence.before_write(frames)
         views = _frame_views(pmm, frames, offset - first * PAGE_SIZE, length)
-        got = _vectored_io(os.preadv, fd, views, fd_offset)
+        # Pages the read was to fill whole were committed without zeroing: whatever a failed
+        # read leaves unread must become zeros, never an older page's bytes.
+        got = _vectored_io(os.preadv, fd, views, fd_offset,
+                           on_error=lambda done: _zero_views_from(views, done))
         if got < length:
             _zero_views_from(views, got)
         if self.is_source_preserving():
@@ -1816,8 +1819,10 @@ def _frame_views(pmm: PhysicalMemory, frames: list[int], skip: int,
 
 
 def _vectored_io(call: Callable[[int, Any, int], int], fd: int, views: list[memoryview],
-                 offset: int) -> int:
-    """``preadv``/``pwritev`` over ``views`` in IOV_MAX batches until done or end of file."""
+                 offset: int, on_error: Callable[[int], None] | None = None) -> int:
+    """``preadv``/``pwritev`` over ``views`` in IOV_MAX batches until done or end of file.
+
+    On failure ``on_error`` is called with the bytes done before the ``ZxError`` is raised."""
     done = 0
     i = 0
     while i < len(views):
@@ -1826,8 +1831,10 @@ def _vectored_io(call: Callable[[int, Any, int], int], fd: int, views: list[memo
         try:
             n = call(fd, batch, offset + done)
         except OSError as e:
-            status = Status.ERR_NO_SPACE if e.errno == errno.ENOSPC else Status.ERR_IO
-            raise ZxError(status, f"file I/O failed at offset {offset + done}: {e}") from e
+            if on_error is not None:
+                on_error(done)
+            raise ZxError(fd_error_status(fd, e),
+                          f"file I/O failed at offset {offset + done}: {e}") from e
         done += n
         if n < want:
             # Short: end of file (reads), or a partial write; resume inside the batch once.
@@ -1858,6 +1865,21 @@ def fill_frames_from_fd(pmm: PhysicalMemory, frames: list[int], fd: int, fd_offs
     if got < length:
         _zero_views_from(views, got)
     return got
+
+
+def fd_error_status(fd: int, e: OSError) -> Status:
+    """The status for a failed read or write of ``fd``: a descriptor that is not open is a bad
+    handle; one open without the right (O_WRONLY for a read, O_RDONLY for a write) is access
+    denied; a full disk is no space; anything else is an I/O error."""
+    if e.errno == errno.EBADF:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return Status.ERR_BAD_HANDLE
+        return Status.ERR_ACCESS_DENIED
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return Status.ERR_NO_SPACE
+    return Status.ERR_IO
 
 
 def _zero_views_from(views: list[memoryview], skip: int) -> None:
@@ -1893,5 +1915,6 @@ __all__ = [
     "KernelState",
     "NeedPages",
     "RangeChangeOp",
+    "fd_error_status",
     "fill_frames_from_fd",
 ]

@@ -130,7 +130,7 @@ class Vmo:
         bytes read from the file. An I/O error (``ERR_IO``) may leave part of the range
         written."""
         self._check_open()
-        fd = _args.fd("fd", fd)
+        fd = _args.fd("fd", fd, read=True)
         length = _args.u64("length", length)
         offset = _args.u64("offset", offset)
         fd_offset = _args.u64("fd_offset", fd_offset)
@@ -147,7 +147,7 @@ class Vmo:
         ``zx_vmo_read`` whose destination is a file (``pwritev`` straight from the VMO's pages).
         Returns the bytes written."""
         self._check_open()
-        fd = _args.fd("fd", fd)
+        fd = _args.fd("fd", fd, write=True)
         length = _args.u64("length", length)
         offset = _args.u64("offset", offset)
         fd_offset = _args.u64("fd_offset", fd_offset)

@@ -283,14 +283,16 @@ class Pager:
         as zero pages without memory. Pages already present in ``pager_vmo`` are kept, as with
         `supply_pages`, and their part of the file is not read at all.
 
-        Raises ``ZxError``: ``ERR_INVALID_ARGS`` for a bad fd or unaligned offset/length,
+        Raises ``ZxError``: ``ERR_INVALID_ARGS`` for an fd that is not an int in range or an
+        unaligned offset/length, ``ERR_BAD_HANDLE`` for an fd that is not open,
         ``ERR_OUT_OF_RANGE`` past the VMO's end, ``ERR_NO_MEMORY`` if the arena cannot hold the
-        range, ``ERR_IO`` (``ERR_NO_SPACE``) if the read fails (the run being read is not
-        supplied), ``ERR_BAD_STATE`` once the VMO was detached.
+        range, ``ERR_ACCESS_DENIED`` for an fd not open for reading, ``ERR_IO`` if the read
+        fails (the run being read is not supplied), ``ERR_BAD_STATE`` once the VMO was
+        detached.
         """
         self._check_open()
         src, node = self._source_of(pager_vmo, "pager_vmo")
-        fd = _args.fd("fd", fd)
+        fd = _args.fd("fd", fd, read=True)
         fd_offset = _args.u64("fd_offset", fd_offset)
         start, end = self._range(pager_vmo, offset, length)
         if end - start > MAX_SUPPLY_PAGES:
