@@ -83,6 +83,9 @@ MAX_FAULT_AROUND = 256
 ABSENT, READ_ONLY, WRITABLE, POISONED = 0, 1, 2, 3
 
 _PAGE_MASK = (1 << 32) - 1
+_PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+_UNMAP = RangeChangeOp.UNMAP
+_DISCARDED = DiscardableState.DISCARDED
 _READ_ONLY_RUN = bytes([READ_ONLY]) * MAX_FAULT_AROUND
 _ABSENT_RUN = bytes([ABSENT]) * MAX_FAULT_AROUND
 _ZERO_FRAMES = array("q", bytes(8 * MAX_FAULT_AROUND))
@@ -319,9 +322,25 @@ class Mapping:
     # FaultSink (called on the handler thread)
 
     def on_fault(self, address: int, write: int, wp: int) -> None:
-        page = (address - self._win.address) // PAGE_SIZE
-        if 0 <= page < self._npages:
-            self._mgr._serve(self, page, bool(write or wp), bool(wp))
+        """One fault (on the handler thread): ``write`` for any store, ``wp`` for a store to
+        a read-only copy. The hot path: counters first (the fault's resolution wakes the
+        faulting thread, which may look at them at once), then `MappingManager._resolve`."""
+        t0 = _now_ns()
+        page = (address - self._win.address) >> _PAGE_SHIFT
+        if not 0 <= page < self._npages:
+            return
+        if wp:
+            self._wp_faults += 1
+            write = 1
+        elif write:
+            self._write_faults += 1
+        else:
+            self._read_faults += 1
+        mgr = self._mgr
+        wait = mgr._resolve(self, page, write)
+        if wait is not None:
+            mgr._defer(self, page, bool(write), wait)
+        self._time_ns += _now_ns() - t0
 
     def on_uffd_error(self, err: int) -> None:
         # The userfaultfd became unreadable (the workload's process is gone): drop the mapping.
@@ -442,22 +461,7 @@ class MappingManager:
 
     # ---------------------------------------------------------------- serving faults
 
-    def _serve(self, m: Mapping, page: int, write: bool, wp: bool) -> None:
-        """One fault (on the handler thread): ``write`` for any store, ``wp`` for a store to a
-        read-only copy."""
-        t0 = _now_ns()
-        if wp:
-            m._wp_faults += 1
-        elif write:
-            m._write_faults += 1
-        else:
-            m._read_faults += 1
-        wait = self._resolve(m, page, write)
-        if wait is not None:
-            self._defer(m, page, write, wait)
-        m._time_ns += _now_ns() - t0
-
-    def _resolve(self, m: Mapping, page: int, write: bool) -> tuple[Any, Request] | None:
+    def _resolve(self, m: Mapping, page: int, write: int) -> tuple[Any, Request] | None:
         """Resolve one fault under the hierarchy lock. Returns ``(source, request)`` when a
         page source must act first (the request is registered; wait for it, then retry)."""
         with m._hier_lock:
@@ -565,8 +569,7 @@ class MappingManager:
         if voff >= node.size:
             raise ZxError(Status.ERR_OUT_OF_RANGE, "fault past the end of the VMO")
         anonymous_root = (node.parent is None and node.page_source is None
-                          and not node.is_slice
-                          and node.discardable_state != DiscardableState.DISCARDED)
+                          and not node.is_slice and node.discardable_state != _DISCARDED)
         if anonymous_root and m.fault_around == 1:
             # The hot path of a first touch, one page per fault: `lookup_for_read_locked` of
             # an anonymous root reduced to what it does there -- its own page, or zeros.
@@ -578,8 +581,21 @@ class MappingManager:
         try:
             if anonymous_root:
                 # As above, for the block around the page.
-                frames = [v if v > 0 else ZERO_FRAME
-                          for v in node.page_list.dense(m._vpage + ws, m._vpage + we)]
+                slots = node.page_list.dense(m._vpage + ws, m._vpage + we)
+                if max(slots) <= 0:  # EMPTY or MARKER: zeros (a first touch of a fresh VMO)
+                    n = we - ws
+                    with self.lock:
+                        if win.state[ws:we] == _ABSENT_RUN[:n]:
+                            # One run of zeros, the faulting page among them: one ioctl.
+                            m._installed += n
+                            m._around += n - 1
+                            win.fill(ws, self._zeros_addr, n, True)
+                            win.frames[ws:we] = _ZERO_FRAMES[:n]
+                            win.state[ws:we] = _READ_ONLY_RUN[:n]
+                        else:
+                            self._install_read_only(m, page, ws, [ZERO_FRAME] * n)
+                    return
+                frames = [v if v > 0 else ZERO_FRAME for v in slots]
             else:
                 frames = node.lookup_for_read_locked(m._vpage + ws, we - ws)
         except NeedPages as need:
@@ -692,7 +708,7 @@ class MappingManager:
             win.wake(page)
             return
         state = win.state[page]
-        if state in (WRITABLE, POISONED):
+        if state >= WRITABLE:  # WRITABLE or POISONED
             m._stale += 1
             if state == WRITABLE:
                 win.wake(page)
@@ -701,7 +717,8 @@ class MappingManager:
         voff = m._vpage + page
         if voff >= node.size:
             raise ZxError(Status.ERR_OUT_OF_RANGE, "fault past the end of the VMO")
-        node._check_readable_locked()  # a discarded VMO fails the fault (ERR_NOT_FOUND)
+        if node.is_slice or node.discardable_state == _DISCARDED:
+            node._check_readable_locked()  # a discarded VMO fails the fault (ERR_NOT_FOUND)
         # The lookup may fork or commit the page, and the range change that follows would
         # punch our read-only copy out only for `_check_out` to put it back: keep it (see
         # `_change_pages`); a write lookup never changes the bytes the VMO shows.
@@ -724,11 +741,11 @@ class MappingManager:
 
     def _check_out(self, m: Mapping, page: int, frame: int) -> None:
         """Make window page ``page`` the writable, authoritative copy of ``frame``."""
-        assert frame > 0
         key = m._key_base | page
         win = m._win
-        state, wframes = win.state, win.frames
-        holder = self.writer.get(frame)
+        state = win.state
+        writer = self.writer
+        holder = writer.get(frame)
         if holder is not None and holder != key:
             self._recall(frame)  # a second window writes the page: take it from the first
         rs = self.readers.get(frame)
@@ -737,20 +754,22 @@ class MappingManager:
             if others:
                 self._drop_keys(others)
         m._checked_out += 1
-        s = state[page]
-        if s == READ_ONLY:
+        if state[page] == READ_ONLY:
             # The copy shows what the VMO showed before the write lookup, and the lookup (a
             # fork, a commit of zeros, a dirty transition) kept those bytes: no copy needed.
-            old = wframes[page]
+            old = win.frames[page]
             if old:
                 self._forget_reader(old, key)
             win.protect(page, 1, False)  # wakes the store
         else:
+            # Absent: one UFFDIO_COPY without write protection installs it writable.
             m._installed += 1
-            win.fill(page, self._physmap_addr + frame * PAGE_SIZE, 1, wp=False)
+            win.fill(page, self._physmap_addr + frame * PAGE_SIZE, 1, False)
+        # The bookkeeping after the ioctl that wakes the store: it overlaps the faulting
+        # thread's wake-up, and the manager lock keeps it invisible until it is complete.
         state[page] = WRITABLE
-        wframes[page] = frame
-        self.writer[frame] = key
+        win.frames[page] = frame
+        writer[frame] = key
 
     def _write_around(self, m: Mapping, page: int, node: CowPages) -> None:
         """Check out the neighbours that this (anonymous) VMO already owns exclusively and
@@ -974,11 +993,38 @@ class MappingManager:
         """What ``node`` shows in ``[start, end)`` changed (UNMAP) or became shared
         (REMOVE_WRITE): update the windows of the mappings of ``node``'s VMO."""
         vmo = node.paged_ref
-        if vmo is None or vmo.cow is not node or not vmo.mappings:
+        if vmo is None:
             return
-        drop = op == RangeChangeOp.UNMAP
+        maps = vmo.mappings
+        if not maps or vmo.cow is not node:
+            return
+        drop = op == _UNMAP
+        if end - start == 1 and len(maps) == 1:
+            # One page (a commit, a fork) of a VMO mapped once: the common case, inline.
+            m = maps[0]
+            p = start - m._vpage
+            if m._dead or not 0 <= p < m._npages:
+                return
+            win = m._win
+            # Nothing to do for an absent or poisoned page. Only the faulting side changes
+            # such a state without the hierarchy lock (POISONED to ABSENT), so it is read
+            # before taking the manager lock.
+            s = win.state[p]
+            if s in (ABSENT, POISONED):
+                return
+            with self.lock:
+                if drop and m._keep == p and win.state[p] == READ_ONLY:
+                    # The page a write fault is checking out (see `_change_pages`).
+                    f = win.frames[p]
+                    if f:
+                        self._forget_reader(f, m._key_base | p)
+                    win.frames[p] = ZERO_FRAME
+                    m._kept = True
+                else:
+                    self._change_pages(m, p, p + 1, drop)
+            return
         with self.lock:
-            for m in vmo.mappings:
+            for m in maps:
                 if m._dead:
                     continue
                 vpage = m._vpage

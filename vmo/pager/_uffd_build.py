@@ -246,6 +246,11 @@ int vmo_ioctl_int(int fd, unsigned long request, unsigned long arg);
 int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max);
 #define VMO_UFFD_READ_MAX ...
 
+/* The fault handler's hot path: integer arguments, no struct to fill from Python. */
+int vmo_uffd_read_faults(int fd, uint64_t *out, int max);
+int64_t vmo_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
+int vmo_uffd_writeprotect(int fd, uint64_t start, uint64_t len, uint64_t mode);
+
 /* <signal.h> */
 #define SIGBUS ...
 #define SIGSEGV ...
@@ -440,6 +445,75 @@ static int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max)
         }
     }
     return count;
+}
+
+/* Reads up to `max` messages with one read(2) into two words each: out[2i] = event | flags << 8
+   (flags: UFFD_PAGEFAULT_FLAG_* of a page fault, 0 for other events), out[2i + 1] = the fault
+   address (other events: their first argument). Returns the count, or -1 with errno set. The
+   fault handler reads these words through a memoryview: no Python object per event. */
+static int vmo_uffd_read_faults(int fd, uint64_t *out, int max)
+{
+    struct uffd_msg msgs[VMO_UFFD_READ_MAX];
+    ssize_t n;
+    int i, count;
+
+    if (max <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (max > VMO_UFFD_READ_MAX)
+        max = VMO_UFFD_READ_MAX;
+    n = read(fd, msgs, sizeof(msgs[0]) * (size_t)max);
+    if (n < 0)
+        return -1;
+    if ((size_t)n % sizeof(msgs[0]) != 0) {
+        errno = EIO;
+        return -1;
+    }
+    count = (int)((size_t)n / sizeof(msgs[0]));
+    for (i = 0; i < count; i++) {
+        const struct uffd_msg *m = &msgs[i];
+        if (m->event == UFFD_EVENT_PAGEFAULT) {
+            out[2 * i] = (uint64_t)m->event | ((uint64_t)m->arg.pagefault.flags << 8);
+            out[2 * i + 1] = m->arg.pagefault.address;
+        } else {
+            out[2 * i] = (uint64_t)m->event;
+            out[2 * i + 1] = m->arg.reserved.reserved1;
+        }
+    }
+    return count;
+}
+
+/* UFFDIO_COPY of `len` bytes from `src` to `dst`: returns the bytes copied (`len` when all
+   were), or -errno when none were. A partial copy (EAGAIN, or an error after some pages)
+   returns the positive count; the caller continues from there. */
+static int64_t vmo_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode)
+{
+    struct uffdio_copy c;
+
+    c.dst = dst;
+    c.src = src;
+    c.len = len;
+    c.mode = mode;
+    c.copy = 0;
+    if (ioctl(fd, UFFDIO_COPY, &c) == 0)
+        return (int64_t)len;
+    if (c.copy > 0)
+        return c.copy;
+    return -(int64_t)errno;
+}
+
+/* UFFDIO_WRITEPROTECT of [start, start + len) with `mode`: 0, or -errno. */
+static int vmo_uffd_writeprotect(int fd, uint64_t start, uint64_t len, uint64_t mode)
+{
+    struct uffdio_writeprotect w;
+
+    w.range.start = start;
+    w.range.len = len;
+    w.mode = mode;
+    if (ioctl(fd, UFFDIO_WRITEPROTECT, &w) == 0)
+        return 0;
+    return -errno;
 }
 
 /* ---- Plain copies and touches (run without the GIL) ------------------------------------------ */

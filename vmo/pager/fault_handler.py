@@ -31,10 +31,13 @@ user *watches*, such as a workload's pidfd), reads fault messages in batches and
 the window's `FaultSink`. Work that must wait (a page request to a pager) goes to a short-lived
 worker thread through `FaultHandler.defer`, so the handler keeps serving other faults.
 
-The hot path calls the compiled binding (``vmo.pager._uffd_cffi``) directly with argument
-structs allocated once per window: a fault costs one ``read(2)``, one ``ioctl`` and no Python
-allocation beyond small integers. The preallocated structs make `fill`/`protect` unsafe to call
-concurrently on one window: callers serialise them (`vmo.mapping` holds its manager lock).
+The hot path calls the compiled binding (``vmo.pager._uffd_cffi``) directly, through helpers
+that take plain integers (``vmo_uffd_copy``, ``vmo_uffd_writeprotect``: no argument struct to
+fill attribute by attribute from Python) and a reader that decodes a batch of messages into a
+flat array of words (``vmo_uffd_read_faults``, read through a memoryview): a fault costs one
+``read(2)``, one ``ioctl`` and no Python allocation beyond small integers. Callers still
+serialise the memory operations of one window (`vmo.mapping` holds its manager lock): the
+window's state arrays are not otherwise protected.
 """
 
 from __future__ import annotations
@@ -67,9 +70,15 @@ POISONED = 3  # a failed fault: accesses get SIGBUS until the faulting side clea
 REQUIRED_FEATURES = uffd.Feature.WP_HUGETLBFS_SHMEM | uffd.Feature.POISON
 
 _PAGEFAULT = lib.UFFD_EVENT_PAGEFAULT
-_FLAG_WRITE = lib.UFFD_PAGEFAULT_FLAG_WRITE
-_FLAG_WP = lib.UFFD_PAGEFAULT_FLAG_WP
+# The flags as they sit in the first word of a `vmo_uffd_read_faults` record.
+_FLAG_WRITE = lib.UFFD_PAGEFAULT_FLAG_WRITE << 8
+_FLAG_WP = lib.UFFD_PAGEFAULT_FLAG_WP << 8
 _READ_BATCH = lib.VMO_UFFD_READ_MAX
+_COPY_WP = lib.UFFDIO_COPY_MODE_WP
+_WP_SET = lib.UFFDIO_WRITEPROTECT_MODE_WP
+_WP_DONTWAKE = lib.UFFDIO_WRITEPROTECT_MODE_DONTWAKE
+_uffd_copy = lib.vmo_uffd_copy
+_uffd_writeprotect = lib.vmo_uffd_writeprotect
 
 
 def unavailable_reason() -> str | None:
@@ -112,9 +121,6 @@ class Window:
         self.state = bytearray(self.npages)
         self.frames = array("q", bytes(8 * self.npages))
         self.closed = False
-        # Argument structs of the hot ioctls (see the module docstring).
-        self._copy = ffi.new("struct uffdio_copy *")
-        self._wp = ffi.new("struct uffdio_writeprotect *")
 
     def __repr__(self) -> str:
         return f"<Window {self.npages} pages at {self.address:#x} uffd={self.uffd_fd}>"
@@ -157,26 +163,21 @@ class Window:
 
         Errors: OSError (e.g. ESRCH: the registering process has exited); PageExistsError if
         a page stays present after the punch (a poison marker)."""
-        arg = self._copy
+        fd = self.uffd_fd
         dst = self.address + page * PAGE_SIZE
         end = dst + count * PAGE_SIZE
-        mode = lib.UFFDIO_COPY_MODE_WP if wp else 0
+        mode = _COPY_WP if wp else 0
         punched = -1
         while dst < end:
-            arg.dst = dst
-            arg.src = src
-            arg.len = end - dst
-            arg.mode = mode
-            arg.copy = 0
-            if lib.vmo_ioctl_ptr(self.uffd_fd, lib.UFFDIO_COPY, arg) == 0:
+            done = _uffd_copy(fd, dst, src, end - dst, mode)
+            if done == end - dst:
                 return
-            err = ffi.errno
-            done = int(arg.copy)
             if done > 0:
                 done -= done % PAGE_SIZE
                 dst += done
                 src += done
                 continue
+            err = -done
             if err == errno.EEXIST and punched != dst:
                 punched = dst
                 self.punch((dst - self.address) // PAGE_SIZE, 1)
@@ -190,16 +191,13 @@ class Window:
     def protect(self, page: int, count: int, wp: bool, *, dontwake: bool = False,
                 shared: bool = True) -> None:
         """Set or clear write protection of ``count`` pages (clearing wakes stores waiting on
-        them unless ``dontwake``). ``shared=False`` uses a fresh argument struct, for callers
-        that do not hold the lock serialising this window's hot operations. Errors: OSError."""
-        arg = self._wp if shared else ffi.new("struct uffdio_writeprotect *")
-        arg.range.start = self.address + page * PAGE_SIZE
-        arg.range.len = count * PAGE_SIZE
-        arg.mode = (lib.UFFDIO_WRITEPROTECT_MODE_WP if wp else 0) | (
-            lib.UFFDIO_WRITEPROTECT_MODE_DONTWAKE if dontwake else 0)
-        if lib.vmo_ioctl_ptr(self.uffd_fd, lib.UFFDIO_WRITEPROTECT, arg) != 0:
-            err = ffi.errno
-            raise OSError(err, f"UFFDIO_WRITEPROTECT at page {page}: {os.strerror(err)}")
+        them unless ``dontwake``). Errors: OSError. (``shared`` is accepted for compatibility:
+        no argument struct is shared any more.)"""
+        err = _uffd_writeprotect(self.uffd_fd, self.address + page * PAGE_SIZE,
+                                 count * PAGE_SIZE, (_WP_SET if wp else 0)
+                                 | (_WP_DONTWAKE if dontwake else 0))
+        if err:
+            raise OSError(-err, f"UFFDIO_WRITEPROTECT at page {page}: {os.strerror(-err)}")
 
     def punch(self, page: int, count: int) -> None:
         """Drop ``count`` pages from ``W`` and from every mapping of it."""
@@ -474,8 +472,9 @@ class FaultHandler:
             self._apply(op, fd, arg)
 
     def _run(self) -> None:
-        buf = ffi.new("struct vmo_uffd_event[]", _READ_BATCH)
-        read_events = lib.vmo_uffd_read_events
+        buf = ffi.new("uint64_t[]", 2 * _READ_BATCH)  # see vmo_uffd_read_faults
+        read_events = lib.vmo_uffd_read_faults
+        words = memoryview(ffi.buffer(buf)).cast("Q")
         sinks = self._sinks
         poll = self._poll.poll
         wake_r = self._wake_r
@@ -489,7 +488,7 @@ class FaultHandler:
                         continue
                     sink = sinks.get(fd)
                     if sink is not None:
-                        self._serve(fd, sink, buf, read_events, revents)
+                        self._serve(fd, sink, buf, words, read_events, revents)
                         continue
                     callback = self._watches.get(fd)
                     if callback is not None:
@@ -504,7 +503,8 @@ class FaultHandler:
         finally:
             self._stopped.set()
 
-    def _serve(self, fd: int, sink: FaultSink, buf: Any, read_events: Any, revents: int) -> None:
+    def _serve(self, fd: int, sink: FaultSink, buf: Any, words: memoryview, read_events: Any,
+               revents: int) -> None:
         if revents & (select.POLLERR | select.POLLNVAL) and not revents & select.POLLIN:
             # A userfaultfd reports POLLERR only when it is unusable (e.g. not blocking-safe).
             # It stays a sink (closed by `remove`) but is no longer polled.
@@ -512,6 +512,7 @@ class FaultHandler:
             self._notify_error(sink, errno.EBADF)
             return
         deadline = 0.0
+        on_fault = sink.on_fault
         while True:
             n = read_events(fd, buf, _READ_BATCH)
             if n < 0:
@@ -532,13 +533,12 @@ class FaultHandler:
                 continue
             deadline = 0.0
             self.events_read += n
-            for i in range(n):
-                e = buf[i]
-                if e.event != _PAGEFAULT:
+            for i in range(0, 2 * n, 2):
+                head = words[i]  # event | flags << 8
+                if head & 0xFF != _PAGEFAULT:
                     continue  # no non-cooperative event is enabled on our descriptors
-                flags = e.flags
                 try:
-                    sink.on_fault(e.arg0, flags & _FLAG_WRITE, flags & _FLAG_WP)
+                    on_fault(words[i + 1], head & _FLAG_WRITE, head & _FLAG_WP)
                 except BaseException:  # noqa: BLE001 - the sink failed; keep serving
                     self.errors.append(traceback.format_exc())
             if self._sinks.get(fd) is not sink:
