@@ -297,6 +297,23 @@ def test_walks_match_dict(model, start, end):
         assert pl.dense(start, end) == [model.get(o, EMPTY) for o in range(start, max(start, end))]
         assert pl.first_in_range(start, end) == (want[0] if want else None)
         assert pl.any_in_range(start, end) == bool(want)
+        # segments: disjoint, ascending, whole nodes apart, covering every entry of the range.
+        segs = pl.segments(start, end)
+        covered = {}
+        last_end = None
+        for seg_start, slots in segs:
+            assert slots and start <= seg_start and seg_start + len(slots) <= end
+            assert slots == [model.get(o, EMPTY) for o in range(seg_start,
+                                                                seg_start + len(slots))]
+            if last_end is not None:
+                assert seg_start // NODE_PAGES > (last_end - 1) // NODE_PAGES + 1
+            last_end = seg_start + len(slots)
+            covered.update({seg_start + i: v for i, v in enumerate(slots) if v != EMPTY})
+        assert sorted(covered.items()) == want
+        dense_copy = pl.dense(start, end)
+        assert pl.take_dense(start, end) == dense_copy
+        for o, _ in want:
+            pl.set(o, model[o])
     assert pl.take_range(start, end) == want
     for o, _ in want:
         del model[o]

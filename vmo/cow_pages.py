@@ -36,6 +36,7 @@ import enum
 import errno
 import itertools
 import os
+import re
 import threading
 import time
 from bisect import bisect_left
@@ -53,6 +54,7 @@ from vmo.pmm import (
     FrameState,
     PageQueue,
     PhysicalMemory,
+    consecutive,
 )
 
 if TYPE_CHECKING:
@@ -1594,13 +1596,35 @@ class CowPages:
         src.on_pages_dirtied(self, start, end - start)
         self.hier.generation += 1
 
+    def _dirty_states_locked(self, start: int, end: int) -> list[tuple[int, list[int], bytes]]:
+        """For each stretch of ``[start, end)`` that holds pages (`PageList.segments`): its
+        offset, its slots and, byte for byte, the dirty state of the page in each slot
+        (`_NO_PAGE` where there is none), so that runs of one state can be found with a
+        C-level regular expression instead of a walk page by page."""
+        dirty = self.pmm.dirty
+        out = []
+        for seg_start, dense in self.page_list.segments(start, end):
+            if dense[0] > 0 and consecutive(dense):
+                states = bytes(dirty[dense[0]:dense[0] + len(dense)])
+            elif min(dense) > 0:
+                states = bytes(map(dirty.__getitem__, dense))
+            else:
+                states = bytes([dirty[v] if v > 0 else _NO_PAGE for v in dense])
+            out.append((seg_start, dense, states))
+        return out
+
+    def _set_dirty_runs_locked(self, start: int, end: int, pattern: re.Pattern[bytes],
+                               state: DirtyState) -> None:
+        """Pages of ``[start, end)`` whose state matches ``pattern`` (one state byte) move to
+        ``state`` and its queue, run by run."""
+        queue = self._queue_for(state)
+        for _, dense, states in self._dirty_states_locked(start, end):
+            for m in pattern.finditer(states):
+                self.pmm.set_dirty_many(dense[m.start():m.end()], state, queue)
+
     def writeback_begin_locked(self, start: int, end: int) -> None:
         """Seed: ``WritebackBeginLocked``: Dirty pages become AwaitingClean."""
-        pmm = self.pmm
-        dirty = pmm.dirty
-        pmm.set_dirty_many([v for _, v in self.page_list.pages(start, end)
-                            if dirty[v] == DirtyState.DIRTY],
-                           DirtyState.AWAITING_CLEAN, PageQueue.PAGER_BACKED_DIRTY)
+        self._set_dirty_runs_locked(start, end, _DIRTY_RUNS, DirtyState.AWAITING_CLEAN)
         self._try_advance_supply_zero_offset_locked(start, end)
         szo = self.supply_zero_offset
         if start <= szo < end:
@@ -1617,10 +1641,8 @@ class CowPages:
         szo = self.supply_zero_offset
         if start > szo:
             return
-        dirty = pmm.dirty
-        pmm.set_dirty_many([v for _, v in self.page_list.pages(start, min(end, szo))
-                            if dirty[v] == DirtyState.AWAITING_CLEAN],
-                           DirtyState.CLEAN, PageQueue.PAGER_BACKED)
+        self._set_dirty_runs_locked(start, min(end, szo), _AWAITING_CLEAN_RUNS,
+                                    DirtyState.CLEAN)
         if end <= szo or self.awaiting_clean_zero_range_end == 0:
             return
         zero_end = min(self.awaiting_clean_zero_range_end, end)
@@ -1635,20 +1657,12 @@ class CowPages:
         ``EnumerateDirtyRangesLocked``): Dirty/AwaitingClean pages, and from
         supply_zero_offset on every gap, reported as a zero range."""
         self._try_advance_supply_zero_offset_locked(start, end)
-        pmm = self.pmm
         szo = self.supply_zero_offset
-        out: list[tuple[int, int, bool]] = []
-        run_start, run_len = start, 0
-        for off, v in self.page_list.pages(start, min(end, szo)):
-            if pmm.dirty[v] != DirtyState.CLEAN:
-                if run_len and run_start + run_len == off:
-                    run_len += 1
-                else:
-                    if run_len:
-                        out.append((run_start, run_len, False))
-                    run_start, run_len = off, 1
-        if run_len:
-            out.append((run_start, run_len, False))
+        # Runs of different segments are never adjacent: segments are whole nodes apart.
+        out: list[tuple[int, int, bool]] = [
+            (seg_start + m.start(), m.end() - m.start(), False)
+            for seg_start, _, states in self._dirty_states_locked(start, min(end, szo))
+            for m in _NOT_CLEAN_RUNS.finditer(states)]
         if szo < end:
             # Past supply_zero_offset only committed pages are listed; the gaps between them
             # are the zero ranges (so a huge zero tail costs nothing to report).
@@ -1705,6 +1719,15 @@ class CowPages:
         self.pinned_pages = 0
         self._free_frames_locked(frames)
         self.hier.generation += 1
+
+
+# Dirty-state bytes as `CowPages._dirty_states_locked` spells them, and the runs it looks for.
+_NO_PAGE = 0xFF
+_DIRTY_RUNS = re.compile(bytes([ord("["), DirtyState.DIRTY, ord("]"), ord("+")]))
+_AWAITING_CLEAN_RUNS = re.compile(bytes([ord("["), DirtyState.AWAITING_CLEAN, ord("]"),
+                                         ord("+")]))
+_NOT_CLEAN_RUNS = re.compile(bytes([ord("["), DirtyState.UNTRACKED, DirtyState.DIRTY,
+                                    DirtyState.AWAITING_CLEAN, ord("]"), ord("+")]))
 
 
 def _first_seer(node: CowPages, off: int) -> CowPages | None:

@@ -155,6 +155,25 @@ class PageList:
             out[lo - start: hi - start] = node[lo - base: hi - base]
         return out
 
+    def segments(self, start: int, end: int) -> list[tuple[int, list[int]]]:
+        """``(offset, slots)`` for each run of adjacent nodes that hold something in
+        ``[start, end)``, clipped to it: `dense` of the parts that are not known to be empty.
+        The cost follows the nodes, so a huge sparse range is cheap."""
+        out: list[tuple[int, list[int]]] = []
+        if end <= start or not self._nodes:
+            return out
+        keys = self._keys_in(start >> _SHIFT, (end - 1) >> _SHIFT)
+        i = 0
+        while i < len(keys):
+            j = i + 1
+            while j < len(keys) and keys[j] == keys[j - 1] + 1:
+                j += 1
+            lo = max(start, keys[i] << _SHIFT)
+            hi = min(end, (keys[j - 1] + 1) << _SHIFT)
+            out.append((lo, self.dense(lo, hi)))
+            i = j
+        return out
+
     def any_in_range(self, start: int, end: int) -> bool:
         return self.first_in_range(start, end) is not None
 

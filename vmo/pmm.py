@@ -355,9 +355,25 @@ class PhysicalMemory:
             split[f] = 0
 
     def set_dirty_many(self, frames: Sequence[int], dirty: int, queue: PageQueue) -> None:
-        """Set the dirty state of ``frames`` and move the unpinned ones to ``queue``."""
+        """Set the dirty state of ``frames`` and move the unpinned ones to ``queue`` (those
+        already in it keep their place)."""
         d, q, pin = self.dirty, self.queue, self.pin_count
         target = self.queues[queue]
+        n = len(frames)
+        if n > 1 and consecutive(frames):
+            lo, hi = frames[0], frames[0] + n
+            if pin[lo:hi].count(0) == n:
+                # One run, none pinned: column slices, and the queue moves as C-level loops.
+                d[lo:hi] = bytes([dirty]) * n
+                old = q[lo:hi]
+                if old.count(queue) != n:
+                    moving = frames if queue not in old else [
+                        f for f, b in zip(frames, old, strict=True) if b != queue]
+                    if max(old) > PageQueue.ANONYMOUS:
+                        self._leave_queues(frames, old, keep=queue)
+                    q[lo:hi] = bytes([queue]) * n
+                    target.update(dict.fromkeys(moving))
+                return
         for f in frames:
             d[f] = dirty
             if pin[f]:
@@ -374,6 +390,17 @@ class PhysicalMemory:
         q = self.queue
         active = PageQueue.PAGER_BACKED
         inactive = PageQueue.PAGER_BACKED_INACTIVE
+        n = len(frames)
+        if n > 1 and frames[0] > 0 and consecutive(frames):
+            queued = q[frames[0]:frames[0] + n]
+            if queued.count(active) == n:
+                # One run of active pages (a read of loaded content): to the tail in C loops.
+                d = self.queues[active]
+                deque(map(d.pop, frames), 0)
+                d.update(dict.fromkeys(frames))
+                return
+            if active not in queued and inactive not in queued:
+                return  # none of them is in an LRU queue (dirty, wired or anonymous)
         moved = [f for f in frames if q[f] == active or q[f] == inactive]
         if not moved:
             return
