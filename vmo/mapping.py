@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import os
 import signal
 import threading
 import time
@@ -385,6 +386,8 @@ class MappingManager:
         self.closed = False
         self._pending: set[tuple[int, bool]] = set()
         self._physmap_addr = uffd.buffer_address(self.pmm.physmap)
+        # UFFDIO_WRITEPROTECT with integer arguments (0 or -errno), for the write-fault path.
+        self._uffd_wp = uffd.lib.vmo_uffd_writeprotect
         self._zeros = bytes(MAX_FAULT_AROUND * PAGE_SIZE)
         self._zeros_addr = uffd.buffer_address(self._zeros)
         self.handler: FaultHandler = FaultHandler(f"vmo-faults-{id(kernel):x}")
@@ -760,7 +763,10 @@ class MappingManager:
             old = win.frames[page]
             if old:
                 self._forget_reader(old, key)
-            win.protect(page, 1, False)  # wakes the store
+            # Clear write protection, which wakes the store (`Window.protect`, inlined).
+            err = self._uffd_wp(win.uffd_fd, win.address + (page << _PAGE_SHIFT), PAGE_SIZE, 0)
+            if err:
+                raise OSError(-err, f"UFFDIO_WRITEPROTECT at page {page}: {os.strerror(-err)}")
         else:
             # Absent: one UFFDIO_COPY without write protection installs it writable.
             m._installed += 1
