@@ -1476,11 +1476,14 @@ class CowPages:
         end = start + len(slots)
         if end <= self.supply_zero_offset and not self.page_list.any_in_range(start, end):
             # Every slot is absent (the usual answer to a request): place them all at once.
-            self.page_list.fill_empty_run(start, slots)
             i = 0 if min(slots) <= 0 else len(slots)
             if i:
-                # No zero markers among them: one run.
+                # No zero markers among them: one run, placed with slices.
+                run = pmm.ascending_run(slots[0], len(slots)) if consecutive(slots) else slots
+                self.page_list.fill_empty_run(start, run)
                 pmm.place_many(slots, self, start, PageQueue.PAGER_BACKED, DirtyState.CLEAN)
+            else:
+                self.page_list.fill_empty_run(start, slots)
             while i < len(slots):
                 if slots[i] <= 0:
                     i += 1

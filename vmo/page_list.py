@@ -174,8 +174,24 @@ class PageList:
             i = j
         return out
 
+    def is_empty_range(self, start: int, end: int) -> bool:
+        """Nothing at all in ``[start, end)``? A node holds something or does not exist, so
+        only the two nodes at the ends of the range need looking into."""
+        if end <= start:
+            return True
+        keys = self._keys_in(start >> _SHIFT, (end - 1) >> _SHIFT)
+        if len(keys) > 2:
+            return False
+        for key in keys:
+            node = self._nodes[key]
+            base = key << _SHIFT
+            lo, hi = max(start, base) - base, min(end, base + NODE_PAGES) - base
+            if node[lo:hi].count(EMPTY) != hi - lo:
+                return False
+        return True
+
     def any_in_range(self, start: int, end: int) -> bool:
-        return self.first_in_range(start, end) is not None
+        return not self.is_empty_range(start, end)
 
     def first_in_range(self, start: int, end: int) -> tuple[int, int] | None:
         for item in self.items(start, end):
@@ -195,14 +211,15 @@ class PageList:
             if v != EMPTY:
                 self.set(start + i, v)
 
-    def fill_empty_run(self, start: int, values: list[int]) -> None:
+    def fill_empty_run(self, start: int, values: list[int] | array[int]) -> None:
         """Store ``values[i]`` at ``start + i`` where those slots are empty (fast `set_run`).
 
         The caller guarantees the slots are empty and the values non-empty: each node is
         filled with one slice assignment, and a node the run covers whole is built in one step.
         """
         nodes = self._nodes
-        run = array("q", values)  # converted once; each node then takes a C-level slice
+        # Converted once (unless it is an array already); each node takes a C-level slice.
+        run = values if isinstance(values, array) else array("q", values)
         i, n = 0, len(values)
         added = False
         while i < n:

@@ -11,7 +11,9 @@ zeros without owning a page.
 Per-frame metadata is kept the way the kernel keeps ``vm_page_t``: a table indexed by frame
 number, as struct-of-arrays columns (``bytearray``/``array`` for the small fields, a list for the
 owner backlink). A Python object per page would cost over 100 bytes before holding anything;
-these columns cost about 22 bytes per frame, allocated once for the whole arena.
+these columns cost about 31 bytes per frame, allocated once for the whole arena (8 of them are
+`PhysicalMemory.ascending`, the numbers 0, 1, 2, ... as an array: slices of it write a run of
+consecutive frame numbers or offsets at C speed).
 
 Page queues (for reclaim) are insertion-ordered dicts keyed by frame: moving a frame to the tail
 of a queue is a delete and an insert, and the head is the least recently used frame.
@@ -106,7 +108,7 @@ class PhysicalMemory:
             raise ZxError(Status.ERR_INVALID_ARGS, f"memory {memory} is smaller than two pages")
         self.total_frames = memory // PAGE_SIZE
         n = self.total_frames
-        # The frame table costs about 23 bytes per frame up front; an arena larger than the
+        # The frame table costs about 31 bytes per frame up front; an arena larger than the
         # host's memory could never be backed anyway.
         host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if memory > host:
@@ -131,6 +133,10 @@ class PhysicalMemory:
         self.always_need = bytearray(n)  # the ALWAYS_NEED hint: skip when evicting
         self.offset = array("q", bytes(8 * n))
         self.owner: list[Any] = [None] * n
+        # 0, 1, 2, ...: a run of consecutive frame numbers (or of page offsets below the
+        # arena's size) as an array is one slice of this, where building it would convert
+        # every int.
+        self.ascending = array("q", range(n))
         self.state[ZERO_FRAME] = FrameState.ZERO
         # Freed frames (content unknown) are reused first, newest last; frames never handed out
         # are known to be zero, so allocating one needs no clearing.
@@ -309,7 +315,7 @@ class PhysicalMemory:
             self.split[f0:end] = bytes(n)
             self.dirty[f0:end] = bytes([dirty]) * n
             self.owner[f0:end] = [owner] * n
-            self.offset[f0:end] = array("q", range(first_offset, first_offset + n))
+            self.offset[f0:end] = self.ascending_run(first_offset, n)
             old = bytes(self.queue[f0:end])
             self.queue[f0:end] = bytes([queue]) * n
         else:
@@ -327,6 +333,12 @@ class PhysicalMemory:
             self._leave_queues(frames, old, keep=queue)
         if queue > PageQueue.ANONYMOUS:
             self.queues[queue].update(dict.fromkeys(frames))
+
+    def ascending_run(self, first: int, n: int) -> array[int]:
+        """``array('q', range(first, first + n))``, sliced from `ascending` where it can be."""
+        if 0 <= first and first + n <= self.total_frames:
+            return self.ascending[first:first + n]
+        return array("q", list(range(first, first + n)))
 
     def unown_many(self, frames: Sequence[int]) -> None:
         """Frames leave their page list but stay allocated (in flight between VMOs)."""
@@ -481,7 +493,8 @@ class PhysicalMemory:
         n = self.total_frames
         fixed = len(self.state) + len(self.split) + len(self.dirty) + len(self.queue)
         fixed += len(self.always_need)
-        fixed += self.pin_count.itemsize * n + self.offset.itemsize * n
+        fixed += (self.pin_count.itemsize + self.offset.itemsize
+                  + self.ascending.itemsize) * n
         fixed += 8 * n  # one pointer per slot of the owner list
         return fixed / n
 

@@ -77,7 +77,7 @@ from vmo.vm_object import Vmo
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
 
-DEFAULT_CHUNK = 1 << 20
+DEFAULT_CHUNK = 4 << 20
 DEFAULT_MAX_READAHEAD = 4 << 20
 _MODES = ("handler", "queue")
 
@@ -111,7 +111,7 @@ class FilePager:
     """A file served as a pager-backed VMO (see the module docstring).
 
     ``FilePager(kernel, path, *, size=None, trap_dirty=False, mode="handler", resizable=False,
-    create=False, readahead="auto", max_readahead=4 MiB, chunk_size=1 MiB, name=None)``
+    create=False, readahead="auto", max_readahead=4 MiB, chunk_size=4 MiB, name=None)``
 
     Arguments:
         kernel: the `vmo.Kernel` whose memory holds the pages.

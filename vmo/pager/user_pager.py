@@ -455,6 +455,8 @@ def _absent_runs(node: CowPages, start: int, end: int) -> list[tuple[int, int]]:
     end = min(end, node.supply_zero_offset)
     if end <= start:
         return []
+    if node.page_list.is_empty_range(start, end):
+        return [(start, end)]
     dense = node.page_list.dense(start, end)
     if dense.count(EMPTY) == len(dense):
         return [(start, end)]
