@@ -336,7 +336,7 @@ class PhysicalMemory:
 
     def ascending_run(self, first: int, n: int) -> array[int]:
         """``array('q', range(first, first + n))``, sliced from `ascending` where it can be."""
-        if 0 <= first and first + n <= self.total_frames:
+        if first >= 0 and first + n <= self.total_frames:
             return self.ascending[first:first + n]
         return array("q", list(range(first, first + n)))
 
