@@ -57,7 +57,17 @@ def flags(name: str, value: Any, kind: type[F]) -> F:
     return kind(value)
 
 
+_MEMBERS: dict[type, dict[int, Any]] = {}
+
+
 def enum_value(name: str, value: Any, kind: type[E]) -> E:
+    members = _MEMBERS.get(kind)
+    if members is None:
+        members = _MEMBERS[kind] = {int(m): m for m in kind}
+    if type(value) is int or type(value) is kind:
+        member = members.get(value)
+        if member is not None:
+            return member
     if isinstance(value, bool) or not isinstance(value, int):
         raise ZxError(Status.ERR_INVALID_ARGS,
                       f"{name} must be {kind.__name__}, not {type(value).__name__}")
@@ -67,9 +77,11 @@ def enum_value(name: str, value: Any, kind: type[E]) -> E:
         raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is not a {kind.__name__}") from None
 
 
-def in_range(what: str, offset: int, length: int, size: int) -> None:
-    """``[offset, offset + length)`` must lie inside ``[0, size)``."""
+def in_range(what: Any, offset: int, length: int, size: int) -> None:
+    """``[offset, offset + length)`` must lie inside ``[0, size)``. ``what`` names the range in
+    the message (an enum member stands for its name, looked up only on failure)."""
     if offset + length > size or offset + length >= U64:
+        what = getattr(what, "name", what)
         raise ZxError(Status.ERR_OUT_OF_RANGE,
                       f"{what} [{offset:#x}, {offset + length:#x}) is past the end {size:#x}")
 

@@ -31,6 +31,10 @@ _CHILD_KINDS = (ChildOptions.SNAPSHOT | ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE
                 | ChildOptions.SLICE)
 
 
+_LOCK_OPS = frozenset({VmoOp.LOCK, VmoOp.TRY_LOCK, VmoOp.UNLOCK})
+_WRITING_OPS = frozenset({VmoOp.COMMIT, VmoOp.DECOMMIT, VmoOp.ZERO})
+
+
 class Vmo:
     """A virtual memory object (``zx_vmo_*``). Create with `Kernel.vmo_create`."""
 
@@ -193,9 +197,9 @@ class Vmo:
         op = _args.enum_value("op", op, VmoOp)
         offset = _args.u64("offset", offset)
         size = _args.u64("size", size)
-        if op in (VmoOp.LOCK, VmoOp.TRY_LOCK, VmoOp.UNLOCK):
+        if op in _LOCK_OPS:
             return self._discardable_op(op, offset, size)
-        if op in (VmoOp.COMMIT, VmoOp.DECOMMIT, VmoOp.ZERO):
+        if op in _WRITING_OPS:
             self._require_write(op.name)
 
         def run() -> LockState | None:
@@ -218,7 +222,7 @@ class Vmo:
                                   f"DECOMMIT range [{offset:#x}, +{length:#x}) is not page aligned")
                 cow.decommit_range_locked(offset // PAGE_SIZE, (offset + length) // PAGE_SIZE)
                 return None
-            _args.in_range(op.name, offset, size, vsize)
+            _args.in_range(op, offset, size, vsize)
             if size == 0:
                 return None
             first = offset // PAGE_SIZE
