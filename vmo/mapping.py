@@ -580,27 +580,39 @@ class MappingManager:
             with self.lock:
                 self._install_one(m, page, v if v > 0 else ZERO_FRAME)
             return
+        if anonymous_root:
+            # As above, for the block around the page (`_fault_window`, inlined).
+            n = m.fault_around
+            vp = m._vpage
+            ws = page - (vp + page) % n
+            if ws < 0:
+                ws = 0
+            we = node.size - vp
+            if we > m._npages:
+                we = m._npages
+            if we > ws + n:
+                we = ws + n
+            slots = node.page_list.dense(vp + ws, vp + we)
+            if max(slots) <= 0:  # EMPTY or MARKER: zeros (a first touch of a fresh VMO)
+                n = we - ws
+                with self.lock:
+                    if win.state[ws:we] == _ABSENT_RUN[:n]:
+                        # One run of zeros, the faulting page among them: one ioctl. Absent
+                        # pages have frame 0 already (`validate` checks it).
+                        m._installed += n
+                        m._around += n - 1
+                        win.fill(ws, self._zeros_addr, n, True)
+                        win.state[ws:we] = _READ_ONLY_RUN[:n]
+                    else:
+                        self._install_read_only(m, page, ws, [ZERO_FRAME] * n)
+                return
+            with self.lock:
+                self._install_read_only(m, page, ws,
+                                        [v if v > 0 else ZERO_FRAME for v in slots])
+            return
         ws, we = self._fault_window(m, page, node)
         try:
-            if anonymous_root:
-                # As above, for the block around the page.
-                slots = node.page_list.dense(m._vpage + ws, m._vpage + we)
-                if max(slots) <= 0:  # EMPTY or MARKER: zeros (a first touch of a fresh VMO)
-                    n = we - ws
-                    with self.lock:
-                        if win.state[ws:we] == _ABSENT_RUN[:n]:
-                            # One run of zeros, the faulting page among them: one ioctl.
-                            m._installed += n
-                            m._around += n - 1
-                            win.fill(ws, self._zeros_addr, n, True)
-                            win.frames[ws:we] = _ZERO_FRAMES[:n]
-                            win.state[ws:we] = _READ_ONLY_RUN[:n]
-                        else:
-                            self._install_read_only(m, page, ws, [ZERO_FRAME] * n)
-                    return
-                frames = [v if v > 0 else ZERO_FRAME for v in slots]
-            else:
-                frames = node.lookup_for_read_locked(m._vpage + ws, we - ws)
+            frames = node.lookup_for_read_locked(m._vpage + ws, we - ws)
         except NeedPages as need:
             if we - ws == 1 or need.offset == _root_offset(node, voff):
                 raise  # the faulting page itself must be supplied: the request covers the run
@@ -1209,6 +1221,9 @@ class MappingManager:
         for p in range(m._npages):
             s = win.state[p]
             if s in (ABSENT, POISONED):
+                if win.frames[p]:
+                    raise error(f"{m!r} page {p}: absent or poisoned, with frame "
+                                f"{win.frames[p]}")
                 continue
             where = f"{m!r} page {p}"
             voff = m._vpage + p
