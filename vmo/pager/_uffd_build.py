@@ -248,6 +248,7 @@ int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max);
 
 /* The fault handler's hot path: integer arguments, no struct to fill from Python. */
 int vmo_uffd_read_faults(int fd, uint64_t *out, int max);
+int vmo_uffd_read_faults_spin(int fd, uint64_t *out, int max, int64_t spin_ns);
 int64_t vmo_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
 int vmo_uffd_writeprotect(int fd, uint64_t start, uint64_t len, uint64_t mode);
 
@@ -286,6 +287,7 @@ C_SOURCE = r"""
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <linux/types.h>
@@ -482,6 +484,30 @@ static int vmo_uffd_read_faults(int fd, uint64_t *out, int max)
         }
     }
     return count;
+}
+
+/* vmo_uffd_read_faults on a non-blocking descriptor, retried without sleeping for up to
+   `spin_ns` nanoseconds while nothing is pending (the fault handler's busy poll, in C: no
+   return to Python per empty read). Returns as vmo_uffd_read_faults: -1 with errno EAGAIN
+   when nothing came in time. */
+static int vmo_uffd_read_faults_spin(int fd, uint64_t *out, int max, int64_t spin_ns)
+{
+    struct timespec t0, t;
+    int n = vmo_uffd_read_faults(fd, out, max);
+
+    if (n >= 0 || errno != EAGAIN || spin_ns <= 0)
+        return n;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        n = vmo_uffd_read_faults(fd, out, max);
+        if (n >= 0 || errno != EAGAIN)
+            return n;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((int64_t)(t.tv_sec - t0.tv_sec) * 1000000000 + (t.tv_nsec - t0.tv_nsec) >= spin_ns) {
+            errno = EAGAIN;
+            return -1;
+        }
+    }
 }
 
 /* UFFDIO_COPY of `len` bytes from `src` to `dst`: returns the bytes copied (`len` when all
