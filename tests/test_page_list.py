@@ -297,6 +297,8 @@ def test_walks_match_dict(model, start, end):
         assert pl.dense(start, end) == [model.get(o, EMPTY) for o in range(start, max(start, end))]
         assert pl.first_in_range(start, end) == (want[0] if want else None)
         assert pl.any_in_range(start, end) == bool(want)
+        assert pl.is_empty_range(start, end) == (not want)
+        assert pl.is_full_range(start, end) == all(o in model for o in range(start, end))
         # segments: disjoint, ascending, whole nodes apart, covering every entry of the range.
         segs = pl.segments(start, end)
         covered = {}

@@ -137,11 +137,10 @@ def fd(name: str, value: Any, *, read: bool = False, write: bool = False) -> int
     if value < 0 or value >= 1 << 31:
         raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value} is not a file descriptor")
     try:
-        os.fstat(value)
+        mode = fcntl.fcntl(value, fcntl.F_GETFL) & os.O_ACCMODE
     except OSError as e:
         raise ZxError(Status.ERR_BAD_HANDLE, f"{name} {value} is not open: {e.strerror}") from None
     if read or write:
-        mode = fcntl.fcntl(value, fcntl.F_GETFL) & os.O_ACCMODE
         if read and mode == os.O_WRONLY:
             raise ZxError(Status.ERR_ACCESS_DENIED, f"{name} {value} is not open for reading")
         if write and mode == os.O_RDONLY:

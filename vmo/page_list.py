@@ -190,6 +190,25 @@ class PageList:
                 return False
         return True
 
+    def is_full_range(self, start: int, end: int) -> bool:
+        """Every slot of ``[start, end)`` holds a frame or a marker? Answered from the nodes'
+        counts (the two end nodes looked into), without reading the slots out as ints."""
+        if end <= start:
+            return True
+        first, last = start >> _SHIFT, (end - 1) >> _SHIFT
+        nodes = self._nodes
+        for key in range(first, last + 1):
+            node = nodes.get(key)
+            if node is None:
+                return False
+            if node[NODE_PAGES] == NODE_PAGES:
+                continue
+            base = key << _SHIFT
+            lo, hi = max(start, base) - base, min(end, base + NODE_PAGES) - base
+            if EMPTY in node[lo:hi]:
+                return False
+        return True
+
     def any_in_range(self, start: int, end: int) -> bool:
         return not self.is_empty_range(start, end)
 

@@ -332,7 +332,7 @@ class PhysicalMemory:
         if max(old) > PageQueue.ANONYMOUS:
             self._leave_queues(frames, old, keep=queue)
         if queue > PageQueue.ANONYMOUS:
-            self.queues[queue].update(dict.fromkeys(frames))
+            self.queues[queue].update(zip(frames, repeat(None)))
 
     def ascending_run(self, first: int, n: int) -> array[int]:
         """``array('q', range(first, first + n))``, sliced from `ascending` where it can be."""
@@ -384,7 +384,7 @@ class PhysicalMemory:
                     if max(old) > PageQueue.ANONYMOUS:
                         self._leave_queues(frames, old, keep=queue)
                     q[lo:hi] = bytes([queue]) * n
-                    target.update(dict.fromkeys(moving))
+                    target.update(zip(moving, repeat(None)))
                 return
         for f in frames:
             d[f] = dirty
@@ -409,7 +409,7 @@ class PhysicalMemory:
                 # One run of active pages (a read of loaded content): to the tail in C loops.
                 d = self.queues[active]
                 deque(map(d.pop, frames), 0)
-                d.update(dict.fromkeys(frames))
+                d.update(zip(frames, repeat(None)))
                 return
             if active not in queued and inactive not in queued:
                 return  # none of them is in an LRU queue (dirty, wired or anonymous)
@@ -423,7 +423,7 @@ class PhysicalMemory:
                 q[f] = active
             else:
                 del d[f]
-        d.update(dict.fromkeys(moved))
+        d.update(zip(moved, repeat(None)))
 
     def set_queue(self, frame: int, queue: PageQueue) -> None:
         """Move ``frame`` to the tail (most recently used end) of ``queue``.

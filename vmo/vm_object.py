@@ -237,7 +237,10 @@ class Vmo:
                 if not target.is_pager_backed():
                     return None  # anonymous content needs no fetching
                 for chunk in range(first + delta, end + delta, COMMIT_CHUNK):
-                    _, absent = target.resolve_range(chunk, min(end + delta, chunk + COMMIT_CHUNK))
+                    chunk_end = min(end + delta, chunk + COMMIT_CHUNK)
+                    if target.page_list.is_full_range(chunk, chunk_end):
+                        continue  # all here already (the usual case once loaded)
+                    _, absent = target.resolve_range(chunk, chunk_end)
                     if absent:
                         raise NeedPages(target.root(), absent[0], len(absent))
             elif op in (VmoOp.DONT_NEED, VmoOp.ALWAYS_NEED):
