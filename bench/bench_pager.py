@@ -363,37 +363,39 @@ def bench_file_write(s: Sizes, path: str) -> list[Result]:
 
 
 def phases_read(s: Sizes, path: str) -> list[str]:
-    """One 256-page FilePager read, phase by phase, each phase timed on its own."""
+    """One 256-page FilePager load (PREFETCH with readahead off), phase by phase, each phase
+    timed on its own."""
     chunk = 256 * P
     count = min(s.file // chunk, 32)
-    whole, base = "whole request (cold vmo.read)", "os.pread baseline"
+    whole, base = "whole request (cold PREFETCH)", "os.preadv into a resident buffer"
     t: dict[str, list[float]] = {name: [] for name in
-                                 ("preadv", "aux.write", "supply_pages", "vmo.read (present)",
-                                  whole, base)}
+                                 ("lseek SEEK_DATA (hole check)",
+                                  "supply_pages_from_fd (preadv + supply)",
+                                  "PREFETCH (present)", whole, base)}
+    memory = resident(count * chunk)
     with warm(Kernel(memory=count * chunk * 4 + 32 * MiB)) as k:
         fd = os.open(path, os.O_RDONLY)
-        view = memoryview(bytearray(chunk))
         for _ in range(max(s.rounds, 3)):
             pager = k.pager_create()
             v = pager.create_vmo(count * chunk)
-            aux = k.vmo_create(chunk)
             for i in range(count):
                 off = i * chunk
-                t[base].append(timed(partial(os.pread, fd, chunk, off)))
-                t["preadv"].append(timed(partial(os.preadv, fd, [view], off)))
-                t["aux.write"].append(timed(partial(aux.write, view)))
-                t["supply_pages"].append(timed(partial(pager.supply_pages, v, off, chunk,
-                                                       aux, 0)))
-                t["vmo.read (present)"].append(timed(partial(v.read, chunk, off)))
+                t[base].append(timed(partial(os.preadv, fd, [memory[off:off + chunk]], off)))
+                t["lseek SEEK_DATA (hole check)"].append(
+                    timed(partial(os.lseek, fd, off, os.SEEK_DATA)))
+                t["supply_pages_from_fd (preadv + supply)"].append(timed(partial(
+                    pager.supply_pages_from_fd, v, off, chunk, fd, off)))
+                t["PREFETCH (present)"].append(timed(partial(v.op_range, vmo.VmoOp.PREFETCH,
+                                                             off, chunk)))
             pager.close()
             v.close()
-            aux.close()
-            fp = FilePager(k, path)
+            fp = FilePager(k, path, readahead=0)
             for i in range(count):
-                t[whole].append(timed(partial(fp.vmo.read, chunk, i * chunk)))
+                t[whole].append(timed(partial(fp.vmo.op_range, vmo.VmoOp.PREFETCH, i * chunk,
+                                              chunk)))
             fp.close(flush=False)
         os.close(fd)
-    return _phase_lines("FilePager read of 256 pages", t, whole, base, 256,
+    return _phase_lines("FilePager load of 256 pages", t, whole, base, 256,
                         "rest (request, wait, retry)")
 
 
@@ -403,11 +405,8 @@ def flush_by_hand(pager: vmo.Pager, v: vmo.Vmo, fd: int, n: int, chunk: int,
     t["query_dirty_ranges"].append(timed(partial(pager.query_dirty_ranges, v, 0, n)))
     t["WRITEBACK_BEGIN"].append(timed(partial(pager.op_range, PagerOp.WRITEBACK_BEGIN, v, 0,
                                               n)))
-    out: list[bytes] = []
-    t["vmo.read"].append(timed(
-        lambda: out.extend(v.read(chunk, off) for off in range(0, n, chunk))))
-    t["pwrite"].append(timed(
-        lambda: [os.pwrite(fd, b, i * chunk) for i, b in enumerate(out)]))
+    t["read_to_fd (pwritev from pages)"].append(timed(
+        lambda: [v.read_to_fd(fd, chunk, off, off) for off in range(0, n, chunk)]))
     t["WRITEBACK_END"].append(timed(partial(pager.op_range, PagerOp.WRITEBACK_END, v, 0, n)))
 
 
@@ -417,8 +416,9 @@ def phases_flush(s: Sizes, path: str) -> list[str]:
     chunk = 256 * P
     whole, base = "whole flush", "os.pwrite baseline"
     t: dict[str, list[float]] = {name: [] for name in
-                                 ("query_dirty_ranges", "WRITEBACK_BEGIN", "vmo.read",
-                                  "pwrite", "WRITEBACK_END", whole, base)}
+                                 ("query_dirty_ranges", "WRITEBACK_BEGIN",
+                                  "read_to_fd (pwritev from pages)", "WRITEBACK_END", whole,
+                                  base)}
     data = os.urandom(chunk)
     with warm(Kernel(memory=n * 3 + 32 * MiB)) as k:
         fd = os.open(path, os.O_RDWR)
@@ -447,14 +447,14 @@ def _phase_lines(title: str, t: dict[str, list[float]], whole: str, base: str,
         if name in (whole, base):
             continue
         accounted += value
-        lines.append(f"  {name:<28} {value / pages * 1e6:6.2f} us/page  "
+        lines.append(f"  {name:<40} {value / pages * 1e6:6.2f} us/page  "
                      f"{100 * value / total:5.1f} %")
     rest = total - accounted
     if rest >= 0:
-        lines.append(f"  {rest_name:<28} {rest / pages * 1e6:6.2f} us/page  "
+        lines.append(f"  {rest_name:<40} {rest / pages * 1e6:6.2f} us/page  "
                      f"{100 * rest / total:5.1f} %")
     else:  # each phase is timed on its own: their sum may exceed the whole by noise
-        lines.append(f"  {rest_name:<28}   ~0 (the phases, timed apart, sum to "
+        lines.append(f"  {rest_name:<40}   ~0 (the phases, timed apart, sum to "
                      f"{accounted / pages * 1e6:.2f} us/page)")
     return lines
 
