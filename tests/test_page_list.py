@@ -305,7 +305,7 @@ def test_walks_match_dict(model, start, end):
         last_end = None
         for seg_start, slots in segs:
             assert slots and start <= seg_start and seg_start + len(slots) <= end
-            assert slots == [model.get(o, EMPTY) for o in range(seg_start,
+            assert list(slots) == [model.get(o, EMPTY) for o in range(seg_start,
                                                                 seg_start + len(slots))]
             if last_end is not None:
                 assert seg_start // NODE_PAGES > (last_end - 1) // NODE_PAGES + 1

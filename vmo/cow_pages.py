@@ -40,7 +40,7 @@ import re
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vmo.errors import Status, ZxError
@@ -1599,21 +1599,29 @@ class CowPages:
         src.on_pages_dirtied(self, start, end - start)
         self.hier.generation += 1
 
-    def _dirty_states_locked(self, start: int, end: int) -> list[tuple[int, list[int], bytes]]:
+    def _dirty_states_locked(self, start: int, end: int
+                             ) -> list[tuple[int, Sequence[int], bytes]]:
         """For each stretch of ``[start, end)`` that holds pages (`PageList.segments`): its
         offset, its slots and, byte for byte, the dirty state of the page in each slot
         (`_NO_PAGE` where there is none), so that runs of one state can be found with a
-        C-level regular expression instead of a walk page by page."""
-        dirty = self.pmm.dirty
-        out = []
-        for seg_start, dense in self.page_list.segments(start, end):
-            if dense[0] > 0 and consecutive(dense):
-                states = bytes(dirty[dense[0]:dense[0] + len(dense)])
-            elif min(dense) > 0:
-                states = bytes(map(dirty.__getitem__, dense))
+        C-level regular expression instead of a walk page by page. Slots that are one run of
+        consecutive frames come back as a ``range`` (compared with `PhysicalMemory.ascending`
+        as arrays, so that no int is made per page)."""
+        pmm = self.pmm
+        dirty = pmm.dirty
+        out: list[tuple[int, Sequence[int], bytes]] = []
+        for seg_start, slots in self.page_list.segments(start, end):
+            n = len(slots)
+            f0 = slots[0]
+            if f0 > 0 and f0 + n <= pmm.total_frames and slots == pmm.ascending[f0:f0 + n]:
+                out.append((seg_start, range(f0, f0 + n), bytes(dirty[f0:f0 + n])))
+                continue
+            frames = slots.tolist()
+            if min(frames) > 0:
+                states = bytes(map(dirty.__getitem__, frames))
             else:
-                states = bytes([dirty[v] if v > 0 else _NO_PAGE for v in dense])
-            out.append((seg_start, dense, states))
+                states = bytes([dirty[v] if v > 0 else _NO_PAGE for v in frames])
+            out.append((seg_start, frames, states))
         return out
 
     def _set_dirty_runs_locked(self, start: int, end: int, pattern: re.Pattern[bytes],

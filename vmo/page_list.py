@@ -155,11 +155,13 @@ class PageList:
             out[lo - start: hi - start] = node[lo - base: hi - base]
         return out
 
-    def segments(self, start: int, end: int) -> list[tuple[int, list[int]]]:
+    def segments(self, start: int, end: int) -> list[tuple[int, array[int]]]:
         """``(offset, slots)`` for each run of adjacent nodes that hold something in
-        ``[start, end)``, clipped to it: `dense` of the parts that are not known to be empty.
-        The cost follows the nodes, so a huge sparse range is cheap."""
-        out: list[tuple[int, list[int]]] = []
+        ``[start, end)``, clipped to it: the slots as an ``array('q')`` (copied node by node
+        at C speed, no int objects made). The cost follows the nodes, so a huge sparse range is
+        cheap."""
+        out: list[tuple[int, array[int]]] = []
+        nodes = self._nodes
         if end <= start or not self._nodes:
             return out
         keys = self._keys_in(start >> _SHIFT, (end - 1) >> _SHIFT)
@@ -170,7 +172,11 @@ class PageList:
                 j += 1
             lo = max(start, keys[i] << _SHIFT)
             hi = min(end, (keys[j - 1] + 1) << _SHIFT)
-            out.append((lo, self.dense(lo, hi)))
+            slots = array("q")
+            for key in keys[i:j]:
+                base = key << _SHIFT
+                slots.extend(nodes[key][max(lo, base) - base:min(hi, base + NODE_PAGES) - base])
+            out.append((lo, slots))
             i = j
         return out
 

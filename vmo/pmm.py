@@ -92,6 +92,8 @@ def consecutive(frames: Sequence[int]) -> bool:
     n = len(frames)
     if not n:
         return False
+    if type(frames) is range:
+        return frames.step == 1
     return frames[-1] - frames[0] == n - 1 and (n < 3 or sorted(frames) == list(frames))
 
 
