@@ -497,3 +497,43 @@ def test_refused_free_changes_nothing(pmm):
     assert pmm.state[a] == FrameState.ALLOC
     pmm.free([a])
     assert pmm.free_frames == 15
+
+
+# ---------------------------------------------------------------------------- run fast paths
+
+
+def test_free_of_a_repeated_frame_is_caught_not_taken_for_a_run(pmm):
+    """[f, f, f + 2] is sorted and spans len - 1: a run check that trusted distinct frames
+    would free f + 1 (which nobody freed) instead of catching the double free."""
+    frames = pmm.alloc(3)
+    f = frames[0]
+    with pytest.raises(AssertionError):
+        pmm.free([f, f, f + 2])
+    assert all(pmm.state[x] == FrameState.ALLOC for x in frames)  # nothing was freed
+    pmm.free(frames)
+
+
+@pytest.mark.parametrize("order", ["ascending", "shuffled"])
+def test_bulk_ops_on_runs_and_scattered_frames_agree(pmm, order):
+    """place_many / set_dirty_many / touch_many / unown_many / free on a run of consecutive
+    frames (column slices) leave the same metadata and queues as on the frame-by-frame path."""
+    import random
+
+    frames = pmm.alloc(12)
+    if order == "shuffled":
+        random.Random(5).shuffle(frames)
+    owner = object()
+    pmm.place_many(frames, owner, 100, PageQueue.PAGER_BACKED, DirtyState.CLEAN)
+    for i, f in enumerate(frames):
+        assert (pmm.state[f], pmm.owner[f], pmm.offset[f]) == (FrameState.OBJECT, owner, 100 + i)
+    assert list(pmm.lru(PageQueue.PAGER_BACKED)) == frames
+    pmm.set_dirty_many(frames[:5], DirtyState.DIRTY, PageQueue.PAGER_BACKED_DIRTY)
+    assert list(pmm.lru(PageQueue.PAGER_BACKED_DIRTY)) == frames[:5]
+    assert [pmm.dirty[f] for f in frames] == [DirtyState.DIRTY] * 5 + [DirtyState.CLEAN] * 7
+    pmm.touch_many(frames[5:8])
+    assert list(pmm.lru(PageQueue.PAGER_BACKED)) == frames[8:] + frames[5:8]
+    pmm.unown_many(frames)
+    assert all(pmm.state[f] == FrameState.ALLOC and pmm.queue[f] == 0 for f in frames)
+    assert not pmm.queues[PageQueue.PAGER_BACKED] and not pmm.queues[PageQueue.PAGER_BACKED_DIRTY]
+    pmm.free(frames)
+    assert pmm.used_frames == 0

@@ -237,7 +237,10 @@ class PhysicalMemory:
             state, split, dirty, owner, pin = (
                 self.state, self.split, self.dirty, self.owner, self.pin_count)
             n = len(frames)
-            if consecutive(frames) and frames[0] > 0 and frames[-1] < self.total_frames:
+            # An exact check here (not `consecutive`, which trusts the frames to be distinct):
+            # freeing one frame twice in a call must be caught, not freed as a neighbour.
+            if (0 < frames[0] and frames[-1] < self.total_frames
+                    and frames == list(range(frames[0], frames[0] + n))):
                 # One run: checks and resets as column slices.
                 lo, hi = frames[0], frames[0] + n
                 if state[lo:hi].count(FrameState.FREE) or state[lo:hi].count(FrameState.ZERO):
