@@ -129,7 +129,8 @@ class FilePager:
             (see the module docstring); or bytes (rounded up to pages) to supply past the end
             of every READ request; 0 turns readahead off.
         max_readahead: the largest ``"auto"`` window in bytes (rounded up to pages).
-        chunk_size: the largest single ``pread``/``pwrite`` (rounded up to pages).
+        chunk_size: the largest single ``pread``/``pwrite`` (rounded up to pages); a write
+            back of one chunk is also the longest the VMO's lock is held for it.
         name: the VMO's name (default: the file's base name, truncated).
 
     Raises:
