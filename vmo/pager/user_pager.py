@@ -257,6 +257,12 @@ class Pager:
         with aux_vmo._hier.lock:
             aux_vmo._check_open()
             slots = aux_vmo.cow.take_pages_locked(a_start, a_start + (end - start))
+        self._supply_slots(pager_vmo, src, node, start, end, slots)
+
+    def _supply_slots(self, pager_vmo: Vmo, src: UserPagerSource, node: CowPages, start: int,
+                      end: int, slots: list[int]) -> None:
+        """Place ``slots`` (frames in flight, or MARKERs) at ``[start, end)`` under the
+        target's lock. Whatever is not placed, for whatever reason, is freed."""
         pmm = self._kernel.pmm
         try:
             with pager_vmo._hier.lock:
@@ -315,25 +321,18 @@ class Pager:
         count = end - start
         pmm = self._kernel.pmm
         frames = pmm.alloc(count, zero=False)
-        slots: list[int] = frames
         try:
             got = fill_frames_from_fd(pmm, frames, fd, fd_offset)
-            full = -(-got // PAGE_SIZE)
-            if full < count:
-                # Pages wholly past the end of the file: zero pages, no memory.
-                pmm.free(frames[full:])
-                slots = frames[:full] + [MARKER] * (count - full)
-            with pager_vmo._hier.lock:
-                pager_vmo._check_open()
-                if src.detached:
-                    raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
-                if node.size < end:
-                    raise ZxError(Status.ERR_OUT_OF_RANGE, "pager_vmo shrank during the supply")
-                rejected = node.supply_pages_locked(start, slots)
-                slots = []
-                pmm.free(rejected)
-        finally:
-            pmm.free([f for f in slots if f > 0])
+        except BaseException:
+            pmm.free(frames)
+            raise
+        full = -(-got // PAGE_SIZE)
+        slots = frames
+        if full < count:
+            # Pages wholly past the end of the file: zero pages, no memory.
+            pmm.free(frames[full:])
+            slots = frames[:full] + [MARKER] * (count - full)
+        self._supply_slots(pager_vmo, src, node, start, end, slots)
         return got
 
     def op_range(self, op: PagerOp, vmo: Vmo, offset: int, length: int, data: int = 0) -> None:
