@@ -471,6 +471,20 @@ class CowPages:
         pages from ``off``. With ``dirty=False`` (COMMIT, pins) a page of a pager-backed root that
         is already present is not marked Dirty.
         """
+        if self.parent is None and self.page_source is None:
+            # An anonymous root, the most common case (every store fault of a plain VMO): its
+            # own slot is the whole story, the page or a fresh zero page in its place.
+            v = self.page_list.get(off)
+            if v > 0:
+                return v
+            pmm = self.pmm
+            new = pmm.alloc_one(zero=True)
+            self.page_list.set(off, new)
+            pmm.set_owner(new, self, off)
+            pmm.queue[new] = PageQueue.ANONYMOUS  # a fresh frame is in no queue, split clear
+            self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
+            self.hier.generation += 1
+            return new
         if self.is_slice:
             parent, poff = self.slice_parent()
             return parent.lookup_for_write_locked(off + poff, want, dirty=dirty)

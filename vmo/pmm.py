@@ -177,23 +177,7 @@ class PhysicalMemory:
         if count <= 0:
             return []
         if count == 1:
-            # One frame at a time is what page faults ask for: no slicing, no lists to build.
-            with self._lock:
-                if self._free:
-                    one = self._free.pop()
-                    was_freed = True
-                elif self._next_fresh < self.total_frames:
-                    one = self._next_fresh
-                    self._next_fresh += 1
-                    was_freed = False
-                else:
-                    raise ZxError(Status.ERR_NO_MEMORY,
-                                  f"cannot allocate 1 page: 0 of {self.total_frames} free")
-                self.state[one] = FrameState.ALLOC
-                self.allocated_total += 1
-            if zero and was_freed:
-                self.zero_frame(one)
-            return [one]
+            return [self.alloc_one(zero=zero)]
         with self._lock:
             if count > self.free_frames:
                 raise ZxError(
@@ -224,7 +208,23 @@ class PhysicalMemory:
         return frames
 
     def alloc_one(self, *, zero: bool = True) -> int:
-        return self.alloc(1, zero=zero)[0]
+        """One frame (what page faults ask for): no slicing, no list to build."""
+        with self._lock:
+            if self._free:
+                one = self._free.pop()
+                was_freed = True
+            elif self._next_fresh < self.total_frames:
+                one = self._next_fresh
+                self._next_fresh += 1
+                was_freed = False
+            else:
+                raise ZxError(Status.ERR_NO_MEMORY,
+                              f"cannot allocate 1 page: 0 of {self.total_frames} free")
+            self.state[one] = FrameState.ALLOC
+            self.allocated_total += 1
+        if zero and was_freed:
+            self.zero_frame(one)
+        return one
 
     def free(self, frames: Iterable[int]) -> None:
         """Return frames to the allocator. Their metadata is reset here."""
