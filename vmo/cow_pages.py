@@ -692,11 +692,25 @@ class CowPages:
         self._check_readable_locked()
         if length == 0:
             return 0
-        frames = self._readable_frames_locked(offset, length)
         pmm = self.pmm
-        if pmm.coherence is not None:
-            pmm.coherence.before_read([f for f in frames if f != ZERO_FRAME])
-        views = _frame_views(pmm, frames, offset % PAGE_SIZE, length)
+        skip = offset % PAGE_SIZE
+        first = offset // PAGE_SIZE
+        n = (offset + length - 1) // PAGE_SIZE + 1 - first
+        own = self.page_list.dense(first, first + n)
+        f0 = own[0]
+        if (f0 > 0 and pmm.coherence is None and own[-1] == f0 + n - 1
+                and own == list(range(f0, f0 + n))):
+            # The usual case of a write-back: the node's own pages, one run of consecutive
+            # frames, no mapping to recall from: one view, one pwritev.
+            if self.page_source is not None:
+                pmm.touch_run(f0, n)
+            base = f0 * PAGE_SIZE + skip
+            views = [pmm.physmap[base:base + length]]
+        else:
+            frames = self._readable_frames_locked(offset, length)
+            if pmm.coherence is not None:
+                pmm.coherence.before_read([f for f in frames if f != ZERO_FRAME])
+            views = _frame_views(pmm, frames, skip, length)
         written = _vectored_io(os.pwritev, fd, views, fd_offset)
         if written < length:
             raise ZxError(Status.ERR_IO, f"short write: {written} of {length} bytes")
@@ -1871,6 +1885,21 @@ def _vectored_io(call: Callable[[int, Any, int], int], fd: int, views: list[memo
     """``preadv``/``pwritev`` over ``views`` in IOV_MAX batches until done or end of file.
 
     On failure ``on_error`` is called with the bytes done before the ``ZxError`` is raised."""
+    if len(views) == 1:
+        # One run of frames (the usual case): one call, done unless it came up short.
+        try:
+            n = call(fd, views, offset)
+        except OSError as e:
+            if on_error is not None:
+                on_error(0)
+            raise ZxError(fd_error_status(fd, e), f"file I/O failed at offset {offset}: {e}") \
+                from e
+        if n == len(views[0]) or n == 0:
+            return n
+        views = [views[0][n:]]
+        more = _vectored_io(call, fd, views, offset + n,
+                            None if on_error is None else lambda done: on_error(n + done))
+        return n + more
     done = 0
     i = 0
     while i < len(views):

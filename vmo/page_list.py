@@ -143,9 +143,19 @@ class PageList:
 
     def dense(self, start: int, end: int) -> list[int]:
         """The slot values of ``[start, end)`` as a list (EMPTY where nothing is)."""
-        out = [EMPTY] * (end - start)
+        if end <= start:
+            return []
         nodes = self._nodes
-        if not nodes or end <= start:
+        key = start >> _SHIFT
+        if (end - 1) >> _SHIFT == key:
+            # Within one node (a fault, a small read or write): one slice, no walk.
+            node = nodes.get(key)
+            if node is None:
+                return [EMPTY] * (end - start)
+            lo = start & _MASK
+            return node[lo:lo + end - start].tolist()
+        out = [EMPTY] * (end - start)
+        if not nodes:
             return out
         for key in self._keys_in(start >> _SHIFT, (end - 1) >> _SHIFT):
             node = nodes[key]

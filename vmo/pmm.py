@@ -402,6 +402,13 @@ class PhysicalMemory:
                 q[f] = queue
                 target[f] = None
 
+    def touch_run(self, first: int, count: int) -> None:
+        """`touch_many` of the consecutive frames ``first, first + 1, ...``: frames in no LRU
+        queue (dirty, wired, anonymous) are found with one C-level scan and left alone."""
+        queued = self.queue[first:first + count]
+        if PageQueue.PAGER_BACKED in queued or PageQueue.PAGER_BACKED_INACTIVE in queued:
+            self.touch_many(range(first, first + count))
+
     def touch_many(self, frames: Sequence[int]) -> None:
         """`touch` for many frames: exact LRU order, with the reinsertion done in one C call."""
         q = self.queue
