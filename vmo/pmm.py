@@ -239,7 +239,7 @@ class PhysicalMemory:
             n = len(frames)
             # An exact check here (not `consecutive`, which trusts the frames to be distinct):
             # freeing one frame twice in a call must be caught, not freed as a neighbour.
-            if (0 < frames[0] and frames[-1] < self.total_frames
+            if (frames[0] > 0 and frames[-1] < self.total_frames
                     and frames == list(range(frames[0], frames[0] + n))):
                 # One run: checks and resets as column slices.
                 lo, hi = frames[0], frames[0] + n

@@ -12,6 +12,7 @@ speed. ``VmoStateMachine.TestCase`` is a ready unittest/pytest test case.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,9 +72,17 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.real: dict[int, Vmo] = {}  # oracle koid -> real VMO
         self.real_pins: dict[int, PinnedRange] = {}
         self.step_time_validate = 0.0
+        # A file for write_from_fd / read_to_fd: two and a half pages, so that reads past its
+        # end (zeros) happen, and a second one the VMOs are written to.
+        self.file_bytes = vs.payload(7, 2 * PAGE_SIZE + PAGE_SIZE // 2)
+        self.in_fd = os.memfd_create("vmo-machine-in", os.MFD_CLOEXEC)
+        os.write(self.in_fd, self.file_bytes)
+        self.out_fd = os.memfd_create("vmo-machine-out", os.MFD_CLOEXEC)
 
     def teardown(self) -> None:
         self.k.close()
+        os.close(self.in_fd)
+        os.close(self.out_fd)
 
     # ------------------------------------------------------------------ checking helpers
 
@@ -140,6 +149,32 @@ class VmoStateMachine(RuleBasedStateMachine):
         if status is None and got != want:
             raise Mismatch(f"read koid {v.koid} [{offset:#x}, +{length:#x}) differs from the "
                            f"oracle at byte {_first_difference(got, want)}")
+
+    @rule(v=vmos, at=vs.positions(), length=vs.lengths(),
+          fd_at=st.sampled_from([0, 1, PAGE_SIZE, 2 * PAGE_SIZE + 7, 3 * PAGE_SIZE]))
+    def write_from_fd(self, v: OVmo, at: tuple[int, int], length: int, fd_at: int) -> None:
+        """`Vmo.write_from_fd`: a write whose bytes come from the file (zeros past its end)."""
+        offset = vs.resolve(at, v.size)
+        length = vs.resolve_length(length, offset, v.size)
+        data = self.file_bytes[fd_at:fd_at + length].ljust(length, b"\0")
+        status = self.oracle.write(v, offset, data)
+        self.expect("write_from_fd", status,
+                    lambda: self.real[v.koid].write_from_fd(self.in_fd, length, offset, fd_at))
+
+    @rule(v=vmos, at=vs.positions(), length=vs.lengths())
+    def read_to_fd(self, v: OVmo, at: tuple[int, int], length: int) -> None:
+        """`Vmo.read_to_fd`: a read whose bytes go to a file, compared there."""
+        offset = vs.resolve(at, v.size)
+        length = vs.resolve_length(length, offset, v.size)
+        status, want = self.oracle.read(v, offset, length)
+        written = self.expect("read_to_fd", status,
+                              lambda: self.real[v.koid].read_to_fd(self.out_fd, length, offset))
+        if status is None:
+            got = os.pread(self.out_fd, length, 0)
+            if written != length or got != want:
+                raise Mismatch(f"read_to_fd koid {v.koid} [{offset:#x}, +{length:#x}) wrote "
+                               f"{written} bytes that differ from the oracle at byte "
+                               f"{_first_difference(got, want or b'')}")
 
     @rule(target=vmos, v=vmos, kind=st.sampled_from(vs.CHILD_KINDS),
           at=st.one_of(vs.aligned_positions(), vs.aligned_positions(), vs.positions()),

@@ -12,6 +12,7 @@ report as zero only ranges the model reads as zeros.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -122,6 +123,12 @@ class PagerStateMachine(VmoStateMachine):
         self.by_koid: dict[int, PNode] = {}
         self.fail_next: Status | None = None
         self.failed_requests = 0
+        self.disk_fd = os.memfd_create("vmo-machine-disk", os.MFD_CLOEXEC)
+        self.reads_served = 0
+
+    def teardown(self) -> None:
+        super().teardown()
+        os.close(self.disk_fd)
 
     # ------------------------------------------------------------------ the pager's part
 
@@ -140,6 +147,15 @@ class PagerStateMachine(VmoStateMachine):
             return
         node = self.by_koid[req.vmo.koid]
         data = bytes(node.disk[req.offset:req.offset + req.length])
+        self.reads_served += 1
+        if self.reads_served % 2:
+            # Every other request is served the other way a pager can: straight from a file
+            # (`supply_pages_from_fd`), whose end, where the model disk ends, reads as zeros.
+            os.ftruncate(self.disk_fd, 0)
+            os.pwrite(self.disk_fd, data, 0)
+            self._count("pager:READ:from_fd")
+            self.pager.supply_pages_from_fd(req.vmo, req.offset, req.length, self.disk_fd, 0)
+            return
         data += bytes(req.length - len(data))
         aux = self.k.vmo_create(req.length)
         try:
