@@ -29,7 +29,15 @@ pass), then with stores (the write pass), from a thread that runs C code without
   the VMO already owns (write fault-around).
 
 Rounds run the workloads interleaved, so that load from other processes hits all alike, and
-each number is the median over rounds. Targets (`--check`): VMO single-page faults at least 0.5
+each number is the median over rounds.
+
+The ratios depend on how fast the host wakes a sleeping thread. The VMO fault handler
+busy-polls its descriptor for 50 us after each batch (in C, without the GIL), while the C
+handler sleeps in ``poll`` between faults: on a VM where a wake-up costs tens of microseconds
+(the C handler at ~12 k faults/s) the VMO handler skips one wake-up per fault and beats the C
+one; where wake-ups are cheap (the C handler at 200-260 k faults/s) the Python work per fault
+decides, and a write fault that commits a page runs at about 0.3-0.4 of the C rate. Say which
+state a measurement was taken in (the C handler's own rate, printed in the table). Targets (`--check`): VMO single-page faults at least 0.5
 of the C handler's rate (read pass and write pass); with fault-around, the read pass at least
 3 times the C handler's single-page rate.
 """
