@@ -264,6 +264,19 @@ class PagerStateMachine(VmoStateMachine):
             return
         self._apply_write(v, offset, data)
 
+    def _apply_zero(self, v: PNode, offset: int, length: int) -> None:
+        """ZERO of a root: the bytes become zeros. A page whose bytes in the range were zeros
+        already may stay Clean (Zircon skips a partial page that would read as zero, and a zero
+        page supplied as a marker has nothing to change), so only pages whose bytes change
+        must be reported dirty; every page of the range may be."""
+        first, end = offset // P, (offset + length + P - 1) // P
+        for p in range(first, end):
+            lo, hi = max(offset, p * P), min(offset + length, (p + 1) * P)
+            if any(v.content[lo:hi]):
+                v.must_dirty.add(p)
+        v.content[offset:offset + length] = bytes(length)
+        v.may_dirty.update(range(first, end))
+
     def _apply_write(self, v: PNode, offset: int, data: bytes) -> None:
         first, end = offset // P, (offset + len(data) + P - 1) // P
         if v.is_root:
@@ -323,6 +336,11 @@ class PagerStateMachine(VmoStateMachine):
                 self.expect("pager:DECOMMIT", Status.ERR_NOT_SUPPORTED, call)
             return
         first, end = offset // P, (offset + length + P - 1) // P
+        if op == "COMMIT" and v.is_root:
+            # A page supplied as a zero marker is forked into a real page by COMMIT, and that
+            # page starts Dirty (the seed's LookupCursor: "replace a zero page marker in a
+            # pager-backed VMO ... mark it Dirty"). Markers only ever hold zeros.
+            v.may_dirty.update(p for p in range(first, end) if not any(v.content[p * P:(p + 1) * P]))
         result = self._call(f"pager:{op}", v, call, fail)
         if isinstance(result, ZxError) or length == 0:
             if v.is_root and op == "ZERO":
@@ -331,7 +349,7 @@ class PagerStateMachine(VmoStateMachine):
             return
         if op == "ZERO":
             if v.is_root:
-                self._apply_write(v, offset, bytes(length))
+                self._apply_zero(v, offset, length)
             else:
                 self._zero_child(v, offset, length)
         elif op == "COMMIT" and not v.is_root:
