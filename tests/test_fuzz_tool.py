@@ -286,3 +286,24 @@ def test_found_merge_after_partial_release_keeps_unseen_page() -> None:
         state.structure_matches()
     finally:
         state.teardown()
+
+
+def test_decoded_programs_unpack_multiple_results() -> None:
+    """Regression: a rule returning ``multiple(x)`` was printed ``vmos_2 = state.rule(...)``,
+    so the replayed text bound the MultipleResults, not ``x``, and failed where the decoded
+    run had passed (seen with hypothesis 6.170 in a fresh venv). It is printed unpacked now."""
+    seen = 0
+    for seed in range(40):
+        data = bytes((seed * 37 + i * 11) % 256 for i in range(150))
+        prog = decode(data, max_steps=20)
+        text = prog.text()
+        if ",) = state." not in text:
+            continue
+        seen += 1
+        try:
+            execute(prog)
+            failed: BaseException | None = None
+        except Exception as e:  # noqa: BLE001
+            failed = e
+        assert type(replay(text, VmoStateMachine)) is type(failed)
+    assert seen  # some of these programs do go through such a rule

@@ -233,7 +233,11 @@ def execute(program: Program, *, check_invariants: bool = True,
                     names.append(name)
                     for t in call.targets:
                         bundles.setdefault(t, []).append(_Named(name, value))
-                if names:
+                if names and isinstance(result, MultipleResults):
+                    # Unpacked, as hypothesis prints it: replaying the text binds the values,
+                    # not the MultipleResults that holds them.
+                    out[-1] = f"({', '.join(names)},) = {line}"
+                elif names:
                     out[-1] = f"{', '.join(names)} = {line}"
             if check_invariants:
                 _check(machine, invariants, out)
