@@ -393,11 +393,9 @@ struct vmo_uffd_event {
 
 /* Reads up to `max` messages with one read(2) and decodes them into `out`. Returns the number
    of events, or -1 with errno set (EAGAIN on a non-blocking descriptor with nothing pending). */
-static int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max)
+static int vmo_uffd_read_msgs(int fd, struct uffd_msg *msgs, int max)
 {
-    struct uffd_msg msgs[VMO_UFFD_READ_MAX];
     ssize_t n;
-    int i, count;
 
     if (max <= 0) {
         errno = EINVAL;
@@ -413,7 +411,14 @@ static int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max)
         errno = EIO;
         return -1;
     }
-    count = (int)((size_t)n / sizeof(msgs[0]));
+    return (int)((size_t)n / sizeof(msgs[0]));
+}
+
+static int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max)
+{
+    struct uffd_msg msgs[VMO_UFFD_READ_MAX];
+    int i, count = vmo_uffd_read_msgs(fd, msgs, max);
+
     for (i = 0; i < count; i++) {
         const struct uffd_msg *m = &msgs[i];
         struct vmo_uffd_event *e = &out[i];
@@ -456,23 +461,8 @@ static int vmo_uffd_read_events(int fd, struct vmo_uffd_event *out, int max)
 static int vmo_uffd_read_faults(int fd, uint64_t *out, int max)
 {
     struct uffd_msg msgs[VMO_UFFD_READ_MAX];
-    ssize_t n;
-    int i, count;
+    int i, count = vmo_uffd_read_msgs(fd, msgs, max);
 
-    if (max <= 0) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (max > VMO_UFFD_READ_MAX)
-        max = VMO_UFFD_READ_MAX;
-    n = read(fd, msgs, sizeof(msgs[0]) * (size_t)max);
-    if (n < 0)
-        return -1;
-    if ((size_t)n % sizeof(msgs[0]) != 0) {
-        errno = EIO;
-        return -1;
-    }
-    count = (int)((size_t)n / sizeof(msgs[0]));
     for (i = 0; i < count; i++) {
         const struct uffd_msg *m = &msgs[i];
         if (m->event == UFFD_EVENT_PAGEFAULT) {
