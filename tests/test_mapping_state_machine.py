@@ -18,7 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, multiple, precondition, rule
 
-from vmo import PAGE_SIZE, Mapping, Perms, Status, VmoOp, mapping
+from vmo import PAGE_SIZE, Mapping, Perms, Status, mapping
 from vmo.pager.fault_handler import unavailable_reason
 from vmo.testing import OVmo, VmoStateMachine
 from vmo.testing import strategies as vs
@@ -204,10 +204,7 @@ class MappingMachine(VmoStateMachine):
         elif op == "vmo_write":
             self._write_at(ov, om.offset + start + 1, vs.payload(seed + 1, 8))
         elif op in ("zero", "decommit"):
-            name = op.upper()
-            status, _ = self.oracle.op_range(ov, name, offset, PS)
-            self.expect(f"op:{name}", status,
-                        lambda: self.real[ov.koid].op_range(VmoOp[name], offset, PS))
+            self.op_range_checked(ov, op.upper(), offset, PS)
         elif op == "resize":
             self.set_size(ov, offset + PS)
         else:

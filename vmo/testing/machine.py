@@ -116,6 +116,14 @@ class VmoStateMachine(RuleBasedStateMachine):
             raise Mismatch(f"{what}: expected {status.name}, but it succeeded")
         return result
 
+    def op_range_checked(self, v: OVmo, op: str, offset: int, size: int) -> tuple[Any, Any]:
+        """``op_range`` of ``op`` (a `VmoOp` name) on the real VMO, against the oracle's answer;
+        returns ``(what the oracle returned, what the call returned)``."""
+        status, want = self.oracle.op_range(v, op, offset, size)
+        got = self.expect(f"op:{op}", status,
+                          lambda: self.real[v.koid].op_range(VmoOp[op], offset, size))
+        return want, got
+
     # ------------------------------------------------------------------ rules
 
     @rule(target=vmos, size=vs.sizes(), resizable=st.booleans(),
@@ -228,9 +236,7 @@ class VmoStateMachine(RuleBasedStateMachine):
     def op_range(self, v: OVmo, op: str, at: tuple[int, int], size: int) -> None:
         offset = vs.resolve(at, v.size)
         size = vs.resolve_length(size, offset, v.size)
-        status, _ = self.oracle.op_range(v, op, offset, size)
-        self.expect(f"op:{op}", status,
-                    lambda: self.real[v.koid].op_range(VmoOp[op], offset, size))
+        self.op_range_checked(v, op, offset, size)
 
     @rule(v=vmos, op=st.sampled_from(vs.LOCK_OPS + ("reclaim", "dedup")),
           whole=st.sampled_from([True, True, True, False]),
@@ -357,9 +363,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         """ZERO of a range inside the VMO (markers over hidden pages, releases at the end)."""
         offset = min(vs.resolve(at, v.size), v.size)
         size = max(0, min(npages * PAGE_SIZE + tail, v.size - offset))
-        status, _ = self.oracle.op_range(v, "ZERO", offset, size)
-        self.expect("op:ZERO", status,
-                    lambda: self.real[v.koid].op_range(VmoOp.ZERO, offset, size))
+        self.op_range_checked(v, "ZERO", offset, size)
 
     @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, vs.MAX_PAGES),
           resizable=st.sampled_from([False, True, True]))
@@ -390,9 +394,7 @@ class VmoStateMachine(RuleBasedStateMachine):
             self._write_at(v, offset, vs.payload(seed, length))
         elif action in ("zero", "commit"):
             op = action.upper()
-            status, _ = self.oracle.op_range(v, op, offset, length)
-            self.expect(f"op:{op}", status,
-                        lambda: self.real[v.koid].op_range(VmoOp[op], offset, length))
+            self.op_range_checked(v, op, offset, length)
         elif action == "snapshot":
             return self._create_child(v, "snapshot", offset, max(PAGE_SIZE, length),
                                       seed % 2 == 0, False)
@@ -436,9 +438,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         its markers must survive the merge, and must give way to ``v``'s newer pages."""
         offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
         length = max(0, min(npages * PAGE_SIZE, v.size - offset))
-        status, _ = self.oracle.op_range(v, "ZERO", offset, length)
-        self.expect("op:ZERO", status,
-                    lambda: self.real[v.koid].op_range(VmoOp.ZERO, offset, length))
+        self.op_range_checked(v, "ZERO", offset, length)
         child = self._create_child(v, "snapshot", 0, v.size, False, False)
         if not isinstance(child, OVmo):
             return child

@@ -22,7 +22,7 @@ from hypothesis.stateful import initialize, rule
 
 from vmo.pmm import PAGE_SIZE
 from vmo.testing import strategies as vs
-from vmo.testing.pager_machine import PagerStateMachine
+from vmo.testing.pager_machine import PagerStateMachine, not_a_rule
 
 P = PAGE_SIZE
 
@@ -35,18 +35,10 @@ _ANONYMOUS_RULES = ("create", "write", "read", "snapshot", "close", "filled", "w
                     "cow_step")
 
 
-def _plain(fn: Any) -> Any:
-    def plain(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return fn(self, *args, **kwargs)
-
-    plain.__name__ = fn.__name__
-    return plain
-
-
 class PagerCowMachine(PagerStateMachine):
     for _name in _ANONYMOUS_RULES:
         if hasattr(PagerStateMachine, _name):
-            locals()[_name] = _plain(getattr(PagerStateMachine, _name))
+            locals()[_name] = not_a_rule(getattr(PagerStateMachine, _name))
     del _name
 
     pvmos = PagerStateMachine.pvmos

@@ -94,7 +94,8 @@ class PNode:
         return root.detached or root.closed
 
 
-def _not_a_rule(fn: Any) -> Any:
+def not_a_rule(fn: Any) -> Any:
+    """``fn`` as a plain method: shadowing an inherited rule with it switches the rule off."""
     def plain(self: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(self, *args, **kwargs)
 
@@ -113,7 +114,7 @@ class PagerStateMachine(VmoStateMachine):
                   "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
                   "create_child", "cow_step"):
         if hasattr(VmoStateMachine, _name):
-            locals()[_name] = _not_a_rule(getattr(VmoStateMachine, _name))
+            locals()[_name] = not_a_rule(getattr(VmoStateMachine, _name))
     del _name
 
     def __init__(self) -> None:
