@@ -1504,24 +1504,26 @@ class CowPages:
         end = start + len(slots)
         if end <= self.supply_zero_offset and not self.page_list.any_in_range(start, end):
             # Every slot is absent (the usual answer to a request): place them all at once.
-            i = 0 if min(slots) <= 0 else len(slots)
-            if i:
-                # No zero markers among them: one run, placed with slices.
+            if min(slots) > 0:
+                # No zero markers (what a supply from a file hands over): one run, placed with
+                # slices; consecutive frames reach the page list as a slice of `ascending`.
                 run = pmm.ascending_run(slots[0], len(slots)) if consecutive(slots) else slots
                 self.page_list.fill_empty_run(start, run)
                 pmm.place_many(slots, self, start, PageQueue.PAGER_BACKED, DirtyState.CLEAN)
             else:
                 self.page_list.fill_empty_run(start, slots)
-            while i < len(slots):
-                if slots[i] <= 0:
-                    i += 1
-                    continue
-                j = i + 1
-                while j < len(slots) and slots[j] > 0:
-                    j += 1
-                pmm.place_many(slots[i:j], self, start + i, PageQueue.PAGER_BACKED,
-                               DirtyState.CLEAN)
-                i = j
+                # The frames between the markers, each stretch placed in one step.
+                i = 0
+                while i < len(slots):
+                    if slots[i] <= 0:
+                        i += 1
+                        continue
+                    j = i + 1
+                    while j < len(slots) and slots[j] > 0:
+                        j += 1
+                    pmm.place_many(slots[i:j], self, start + i, PageQueue.PAGER_BACKED,
+                                   DirtyState.CLEAN)
+                    i = j
             self.range_change_locked(start, end, RangeChangeOp.UNMAP)
             src.on_pages_supplied(self, start, len(slots))
             self.hier.generation += 1
