@@ -1,6 +1,8 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.internal.conjecture import engine as _hypothesis_engine
 
 # "ci": minutes in CI. "fuzz": long campaigns (`HYPOTHESIS_PROFILE=fuzz`, or `vmo fuzz`).
 settings.register_profile(
@@ -13,3 +15,32 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=40, stateful_step_count=30, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A stateful failure must be reported as a FAILED test with its program, never cut off by the
+# per-test timeout (300 s in pyproject.toml) while hypothesis is still shrinking it: its own
+# cap is 300 s ("monkeypatchable", says hypothesis). Runs that want the smallest program
+# (`vmo fuzz`, the fuzz profile) keep hypothesis's cap.
+if os.environ.get("HYPOTHESIS_PROFILE", "ci") != "fuzz":
+    _hypothesis_engine.MAX_SHRINKING_SECONDS = int(os.environ.get("VMO_SHRINK_SECONDS", "60"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--mutant", default=None, metavar="NAME",
+        help="run the tests against a mutant of fuzz/mutants (to see which tests catch it, "
+             "and that a stateful failure is reported with its program)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _apply_mutant(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    name = request.config.getoption("--mutant")
+    if name is None:
+        yield
+        return
+    from vmo.testing.mutation import load_catalog
+
+    by_name = {m.name: m for m in load_catalog()}
+    if name not in by_name:
+        raise pytest.UsageError(f"--mutant {name}: no such mutant; known: {sorted(by_name)}")
+    with by_name[name].applied():
+        yield

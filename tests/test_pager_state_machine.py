@@ -25,3 +25,30 @@ def test_zero_of_a_page_supplied_as_zero_marker_may_stay_clean() -> None:
         state.hierarchy_valid()
     finally:
         state.teardown()
+
+
+def test_partial_zero_of_a_child_makes_the_page_private() -> None:
+    """Issue 15: a partial ZERO of an at-least-on-write child over a page that reads as zero
+    was skipped because of the bytes, so the child kept tracking its parent (ZERO byte 0 of the
+    child, write the parent, the child read the parent's write). The seed decides by the page
+    list (``PageWouldReadZeroLocked``): the child sees its parent's page there, so the zeros
+    are written and the page becomes the child's, as a write of a zero byte would."""
+    state = PagerStateMachine()
+    try:
+        # Two VMOs first, so that the next READ is served from the (empty) disk file as the
+        # fuzzer's program was: the page is supplied and reads zeros.
+        for _ in range(2):
+            v = state.create_pager_vmo(disk_pages=0, npages=1, resizable=False, seed=1,
+                                       trap=False)
+            state.p_close(v=v)
+        root = state.create_pager_vmo(disk_pages=0, npages=1, resizable=False, seed=1,
+                                      trap=False)
+        child = state.aow_child(v=root, at=(0, 0), npages=1, resizable=False)
+        state.p_op(v=child, op="ZERO", at=(0, 0), length=1, fail=None)
+        state.p_write(v=root, at=(0, 0), length=1, seed=7, fail=None)
+        state.p_read(v=child, at=(0, 0), length=1, fail=None)
+        state.pager_contents_match()
+        state.contents_match()
+        state.hierarchy_valid()
+    finally:
+        state.teardown()

@@ -816,8 +816,8 @@ class CowPages:
         pages go to `zero_pages_locked` (seed: ``VmObjectPaged::ZeroRange``).
 
         The partial pages are looked up for write before any byte changes, so running out of
-        memory there leaves the content as it was; a partial page that already reads as zero
-        needs nothing (Zircon's ``PageWouldReadZeroLocked``).
+        memory there leaves the content as it was; a partial page that is zero by construction
+        needs nothing (`page_would_read_zero_locked`).
         """
         if self.is_slice:
             parent, poff = self.slice_parent()
@@ -841,8 +841,7 @@ class CowPages:
                 partial.append((last_full, 0, end - last_full * PAGE_SIZE))
         targets = []
         for page, lo, hi in partial:
-            frames, absent = self.resolve_range(page, page + 1)
-            if not absent and frames[0] == ZERO_FRAME:
+            if self.page_would_read_zero_locked(page):
                 continue
             targets.append((self.lookup_for_write_locked(page), lo, hi))
         pmm = self.pmm
@@ -855,6 +854,26 @@ class CowPages:
             self.modified = True
         if first_full < last_full:
             self.zero_pages_locked(first_full, last_full)
+
+    def page_would_read_zero_locked(self, off: int) -> bool:
+        """Whether page ``off`` is zero by construction, so a partial ZERO can skip it (seed:
+        ``PageWouldReadZeroLocked``, used by ``ZeroPartialPage``).
+
+        Only the page list decides, never the bytes: a marker here, an empty slot past the
+        supply-zero offset, or an empty slot that no ancestor fills in a hierarchy without a
+        page source. A page that merely holds zeros (here or in an ancestor) is written, so a
+        child of a pager-backed VMO stops tracking its parent there, as a write of zeros would.
+        """
+        slot = self.page_list.get(off)
+        if slot == MARKER:
+            return True
+        if slot == EMPTY and self.is_source_preserving() and off >= self.supply_zero_offset:
+            return True
+        if slot <= 0:
+            _, _, content = self.find_initial_content_locked(off)
+            if content == EMPTY:
+                return self.root_page_source() is None
+        return False
 
     def zero_pages_locked(self, start: int, end: int) -> None:
         """Make ``[start, end)`` read zeros, with the fewest pages (seed: ``ZeroPagesLocked``)."""
