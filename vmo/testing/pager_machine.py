@@ -52,6 +52,9 @@ class PNode:
     content: bytearray = attrs.Factory(bytearray)
     must_dirty: set[int] = attrs.Factory(set)
     may_dirty: set[int] = attrs.Factory(set)
+    # Pages known to be Clean zero markers (supplied wholly past the end of the file): a ZERO
+    # leaves them alone (seed: ZeroPagesLocked), so it must not dirty them.
+    markers: set[int] = attrs.Factory(set)
     detached: bool = False
     # Child only: where it hangs, and the pages it holds itself.
     target: PNode | None = None
@@ -126,6 +129,7 @@ class PagerStateMachine(VmoStateMachine):
         self.failed_requests = 0
         self.disk_fd = os.memfd_create("vmo-machine-disk", os.MFD_CLOEXEC)
         self.reads_served = 0
+        self.slices: list[Any] = []  # slices kept open by aow_of_slice (closed with the kernel)
 
     def teardown(self) -> None:
         super().teardown()
@@ -156,6 +160,9 @@ class PagerStateMachine(VmoStateMachine):
             os.pwrite(self.disk_fd, data, 0)
             self._count("pager:READ:from_fd")
             self.pager.supply_pages_from_fd(req.vmo, req.offset, req.length, self.disk_fd, 0)
+            # Pages wholly past the end of the file arrive as zero markers.
+            first_zero = (req.offset + len(data) + P - 1) // P
+            node.markers.update(range(first_zero, (req.offset + req.length) // P))
             return
         data += bytes(req.length - len(data))
         aux = self.k.vmo_create(req.length)
@@ -225,9 +232,49 @@ class PagerStateMachine(VmoStateMachine):
                     lambda: v.real.create_child(ChildOptions.SNAPSHOT, offset, npages * P))
         c = self.expect("pager:aow", None, lambda: v.real.create_child(opts, offset, npages * P))
         assert c is not None
-        # Hang it where the kernel does: at the first ancestor with pages in its window.
-        target, off = v, offset // P
-        limit = 0 if off * P >= v.size else min(npages, v.size // P - off)
+        limit = 0 if offset >= v.size else min(npages, v.size // P - offset // P)
+        return self._hang_clone(v, c, offset // P, limit, npages, resizable)
+
+    @rule(target=pvmos, v=pvmos, slice_at=vs.aligned_positions(),
+          slice_pages=st.integers(1, vs.MAX_PAGES), at=vs.aligned_positions(),
+          npages=st.integers(0, vs.MAX_PAGES), keep_slice=st.booleans())
+    def aow_of_slice(self, v: PNode, slice_at: tuple[int, int], slice_pages: int,
+                     at: tuple[int, int], npages: int, keep_slice: bool) -> Any:
+        """An at-least-on-write clone of a slice of ``v``: made on the slice's node (seed:
+        CreateCloneLocked), it sees no more of ``v`` than the slice does, however far past
+        the slice it reaches. The slice is closed at once unless ``keep_slice`` (it owns no
+        pages; the clone hangs above it either way)."""
+        if v.closed:
+            return multiple()
+        sl_off = min(vs.resolve(slice_at, v.size), max(0, v.size - P)) // P
+        sl_pages = min(slice_pages, v.size // P - sl_off)
+        if sl_pages <= 0:
+            return multiple()
+        if v.resizable:
+            self.expect("pager:slice", Status.ERR_NOT_SUPPORTED,
+                        lambda: v.real.create_child(ChildOptions.SLICE, sl_off * P, sl_pages * P))
+            return multiple()
+        sl = self.expect("pager:slice", None,
+                         lambda: v.real.create_child(ChildOptions.SLICE, sl_off * P,
+                                                     sl_pages * P))
+        assert sl is not None
+        offset = vs.resolve(at, sl_pages * P)
+        c = self.expect("pager:aow", None,
+                        lambda: sl.create_child(ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE, offset,
+                                                npages * P))
+        assert c is not None
+        if not keep_slice:
+            sl.close()
+        else:
+            self.slices.append(sl)
+        limit = 0 if offset >= sl_pages * P else min(npages, sl_pages - offset // P)
+        return self._hang_clone(v, c, sl_off + offset // P, limit, npages, False)
+
+    def _hang_clone(self, v: PNode, c: Any, off: int, limit: int, npages: int,
+                    resizable: bool) -> PNode:
+        """Model a clone of ``v``'s window from page ``off`` (``limit`` pages of it visible):
+        it hangs where the kernel hangs it, at the first ancestor with pages in its window."""
+        target = v
         while target.root is not None:
             assert target.target is not None
             if limit > 0 and any(off <= p < off + limit for p in target.own):
@@ -261,6 +308,7 @@ class PagerStateMachine(VmoStateMachine):
         if isinstance(result, ZxError) or not length:
             if v.is_root:
                 v.may_dirty.update(range(first, end))
+                v.markers.difference_update(range(first, end))
             self._sync_own(v, first, end)
             return
         self._apply_write(v, offset, data)
@@ -276,12 +324,13 @@ class PagerStateMachine(VmoStateMachine):
             if any(v.content[lo:hi]):
                 v.must_dirty.add(p)
         v.content[offset:offset + length] = bytes(length)
-        v.may_dirty.update(range(first, end))
+        v.may_dirty.update(p for p in range(first, end) if p not in v.markers)
 
     def _apply_write(self, v: PNode, offset: int, data: bytes) -> None:
         first, end = offset // P, (offset + len(data) + P - 1) // P
         if v.is_root:
             v.content[offset:offset + len(data)] = data
+            v.markers.difference_update(range(first, end))
             v.must_dirty.update(range(first, end))
             v.may_dirty.update(range(first, end))
             return
@@ -342,10 +391,11 @@ class PagerStateMachine(VmoStateMachine):
             # page starts Dirty (the seed's LookupCursor: "replace a zero page marker in a
             # pager-backed VMO ... mark it Dirty"). Markers only ever hold zeros.
             v.may_dirty.update(p for p in range(first, end) if not any(v.content[p * P:(p + 1) * P]))
+            v.markers.difference_update(range(first, end))
         result = self._call(f"pager:{op}", v, call, fail)
         if isinstance(result, ZxError) or length == 0:
             if v.is_root and op == "ZERO":
-                v.may_dirty.update(range(first, end))
+                v.may_dirty.update(p for p in range(first, end) if p not in v.markers)
             self._sync_own(v, first, end)
             return
         if op == "ZERO":
@@ -392,6 +442,7 @@ class PagerStateMachine(VmoStateMachine):
                 del v.content[new:]
                 v.must_dirty = {p for p in v.must_dirty if p < npages}
                 v.may_dirty = {p for p in v.may_dirty if p < npages}
+                v.markers = {p for p in v.markers if p < npages}
                 for c in v.children:
                     c.limit = 0 if npages < c.offset else min(c.limit, npages - c.offset)
             else:
