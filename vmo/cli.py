@@ -414,10 +414,14 @@ class Demo:
                    f"locked/unlocked pages={st.discardable_locked_pages}/"
                    f"{st.discardable_unlocked_pages}. ")
         if len(self.open_vmos()) == len(self.k.live_vmos()):
-            self.expect(total == held, f"committed_bytes of all VMOs ({total}) sum to the "
-                                       f"frames VMOs hold ({held})")
-            caption += (f"Sum of committed_bytes = {total} = vmo_pages x {PAGE_SIZE}: every "
-                        "frame is attributed to exactly one VMO.")
+            lost = st.unreachable_pages * PAGE_SIZE
+            self.expect(total + lost == held,
+                        f"committed_bytes of all VMOs ({total}) plus unreachable pages "
+                        f"({lost}) sum to the frames VMOs hold ({held})")
+            caption += (f"Sum of committed_bytes = {total}"
+                        + (f" + unreachable {lost}" if lost else "")
+                        + f" = vmo_pages x {PAGE_SIZE}: every frame is charged to exactly one "
+                        "VMO" + (", or kept unreachable until a merge." if lost else "."))
         if rows:
             self.out.table("get_info() of the open VMOs (committed_bytes, populated_bytes)",
                            ["variable", "name", "koid", "parent", "size", "committed",
@@ -505,8 +509,9 @@ def step_snapshot(demo: Demo) -> None:
         original, now the *left* child (it keeps the VMO's identity, koid
         {demo['v'].koid}), and the snapshot, the *right* child. Both are empty ("pages 0"):
         their reads fall through to the hidden parent. `vmo_pages` is still {before}: nothing
-        was copied. Each shared page is attributed to exactly one live VMO, the first that can
-        see it, so the snapshot's `committed_bytes` is 0 for now.
+        was copied. The hidden node carries the original's attribution id (as Zircon's
+        `page_attribution_user_id`): the shared pages are charged to the original, so the
+        snapshot's `committed_bytes` is 0 for now.
         """)
 
 
@@ -537,9 +542,10 @@ def step_cow(demo: Demo) -> None:
         ways would be visible to nobody, so the kernel frees it instead of setting both bits.
         Each side's reads show its own writes only. Two forks cost two frames: `vmo_pages` went
         from {before} to {demo.vmo_pages()}. In `get_info`, the still-shared page 0x2000
-        counts for the original only (the first side that can see it): the original is
-        attributed 3 pages (its fork of 0x0, and 0x1000 and 0x2000 of the hidden node) and
-        the snapshot 2 (its fork of 0x1000, and the hidden node's old 0x0).
+        counts for the original only (the hidden node carries its id); a split page counts
+        for the one side that still sees it. So the original is charged 3 pages (its fork of
+        0x0, and 0x1000 and 0x2000 of the hidden node) and the snapshot 2 (its fork of
+        0x1000, and the hidden node's old 0x0).
         """)
 
 

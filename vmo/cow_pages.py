@@ -180,6 +180,10 @@ class CowPages:
         self.paged_ref: Any = None
         self.eviction_events = 0
         self.modified = False  # for pager stats: written since the last query with reset
+        # Whose VMO the pages of this node are charged to (seed: ``page_attribution_user_id_``):
+        # the koid of the VMO a visible node stands for; a hidden node keeps the id of the VMO
+        # it was cloned from, re-pointed when that VMO closes (`_remove_child_locked`).
+        self.page_attribution_user_id = 0
 
     def __repr__(self) -> str:
         kind = "hidden" if self.hidden else ("slice" if self.is_slice else "node")
@@ -326,7 +330,7 @@ class CowPages:
         Argument checks (alignment, kinds allowed) are the object layer's; here only the
         states that make the clone impossible are refused.
         """
-        assert not self.hidden and not self.is_slice
+        assert not self.hidden and not (snapshot and self.is_slice)
         if snapshot:
             if self.is_pager_backed():
                 raise ZxError(Status.ERR_NOT_SUPPORTED, "cannot snapshot a pager-backed VMO")
@@ -346,6 +350,7 @@ class CowPages:
             left.children = self.children
             self.children = []
             left.eviction_events = self.eviction_events
+            left.page_attribution_user_id = self.page_attribution_user_id
             self._add_child_locked(left, 0, self.size)
             self._add_child_locked(right, offset, child_limit)
             self.children = [left, right]
@@ -357,7 +362,8 @@ class CowPages:
             hier.generation += 1
             return right
         # At least on write: hang the clone at the first ancestor that has pages in its window,
-        # keeping its limits no wider than what it could see from here.
+        # keeping its limits no wider than what it could see from here. A slice has no pages
+        # and its limit is its size, so a clone of a slice sees no more than the slice.
         clone = CowPages(hier, size)
         cur, off = self, offset
         while cur.parent is not None:
@@ -548,21 +554,17 @@ class CowPages:
         return self._clone_cow_page_locked(off, owner, frame, owner_off)
 
     def _is_uni_accessible_locked(self, frame: int, off: int) -> bool:
-        """Can at most one side of this hidden node still see ``frame`` at ``off``?
-
-        Zircon answers from the children's limits alone. After a partial release a child's
-        limits can still cover an offset that no leaf below it sees any more; forking then
-        copies where it could migrate, and the copy left behind is seen by nobody (Zircon's
-        validator tolerates it under ``partial_cow_release``). Asking whether some leaf really
-        sees the page keeps every frame visible to a live VMO, which our accounting checks.
-        """
+        """Can at most one side of this hidden node still see ``frame`` at ``off``? (seed:
+        ``IsUniAccessibleLocked``). Decided in O(1) from the split bits and the children's
+        limits alone: a page one side forked, or that lies outside one child's window."""
         if self.pmm.split[frame]:
             return True
-        seen_by = 0
-        for child in self.children:
-            if _first_seer(child, off - child.parent_offset) is not None:
-                seen_by += 1
-        return seen_by <= 1
+        left, right = self.children
+        lo = left.parent_offset
+        if not lo + left.parent_start_limit <= off < lo + left.parent_limit:
+            return True
+        ro = right.parent_offset
+        return not ro + right.parent_start_limit <= off < ro + right.parent_limit
 
     def _clone_cow_page_locked(self, off: int, owner: CowPages, frame: int,
                                owner_off: int) -> int:
@@ -1010,12 +1012,15 @@ class CowPages:
 
         Before supply_zero_offset the content is the pager's, so each page is looked up for
         write (supplied and dirty-tracked first) and cleared; it is Dirty afterwards and will
-        be written back. From supply_zero_offset on gaps are zero already: committed pages
+        be written back. A zero marker is zero already and is left alone, Clean. From supply_zero_offset on gaps are zero already: committed pages
         there are simply dropped.
         """
         pmm = self.pmm
         limit = min(end, self.supply_zero_offset)
         for off in range(start, limit):
+            if self.page_list.get(off) == MARKER:
+                # Zero already and Clean: the seed leaves a marker alone rather than dirty it.
+                continue
             pmm.zero_frame(self.lookup_for_write_locked(off, limit - off))
         freed = []
         for o, v in self.page_list.items(max(start, self.supply_zero_offset), end):
@@ -1033,6 +1038,20 @@ class CowPages:
     def _release_cow_parent_pages_helper_locked(self, start: int, end: int,
                                                 sibling_visible: bool,
                                                 freed: list[int]) -> None:
+        """Stop seeing ``[start, end)`` of the parent, one level (seed:
+        ``ReleaseCowParentPagesLockedHelper``).
+
+        The limits shrink when the range is a tail or a head of our window. A hole in the
+        middle that the sibling can still see cannot be expressed by limits: the parent's
+        pages there get our split bit instead, and every ancestor is flagged
+        ``partial_cow_release`` (a merge must then look at split bits). Pages the sibling
+        cannot see, or has forked already, are freed.
+
+        The seed's condition ``!sibling_visible || left ? right_split : left_split`` parses
+        as ``(!sibling_visible || left) ? ...``; its comment states the intent, which is what
+        this does: free when the sibling cannot see the range, or when the sibling's split
+        bit says it forked the page.
+        """
         parent = self.parent
         assert parent is not None
         p_start = start + self.parent_offset
@@ -1046,70 +1065,43 @@ class CowPages:
         elif start == self.parent_start_limit:
             self.parent_start_limit = end
         elif sibling_visible:
-            # The limits cannot express a hole in the middle: mark the pages with our split bit
-            # instead, and tell every ancestor that a merge must look at split bits.
             cur, cs, ce = self, start, end
             while cur.parent is not None and cs < ce:
-                cur.parent.partial_cow_release = True
-                cs = max(cs + cur.parent_offset, cur.parent.parent_start_limit)
-                ce = min(ce + cur.parent_offset, cur.parent.parent_limit)
-                cur = cur.parent
+                up = cur.parent
+                up.partial_cow_release = True
+                cs = max(cs + cur.parent_offset, up.parent_start_limit)
+                ce = min(ce + cur.parent_offset, up.parent_limit)
+                cur = up
             skip_split_bits = False
         left = parent.children[0] is self
         mine, other = (SPLIT_LEFT, SPLIT_RIGHT) if left else (SPLIT_RIGHT, SPLIT_LEFT)
         pmm = self.pmm
-        sibling = parent.children[1] if left else parent.children[0]
-        for off, v in list(parent.page_list.items(p_start, p_end)):
+        plist = parent.page_list
+        for off, v in list(plist.items(p_start, p_end)):
             if v == MARKER:
                 if not sibling_visible:
-                    parent.page_list.remove(off)
+                    plist.remove(off)
                 continue
-            if (not sibling_visible or pmm.split[v] & other
-                    or _first_seer(sibling, off - sibling.parent_offset) is None):
-                # Nobody on the other side sees it (its limits may say otherwise after a
-                # partial release): free it rather than keep a page no VMO can see.
-                parent.page_list.remove(off)
+            if not sibling_visible or pmm.split[v] & other:
+                plist.remove(off)
                 freed.append(v)
                 continue
             if skip_split_bits:
+                # The limits now keep us out: the page is uni-accessible by them, and clear
+                # bits let a merge move it without looking at them.
                 pmm.split[v] = 0
             else:
                 pmm.split[v] |= mine
 
     def _release_cow_parent_pages_locked(self, start: int, end: int, freed: list[int]) -> None:
-        """Stop seeing ``[start, end)`` of the parent, freeing what nobody else sees.
+        """Stop seeing ``[start, end)`` of the parent, freeing what nobody else sees (seed:
+        ``ReleaseCowParentPagesLocked``).
 
-        Seed: ``ReleaseCowParentPagesLocked``. The range is cut into pieces each of a single
-        kind (seen by the sibling, or not); a piece not seen by the sibling is released in the
-        grandparent too, recursively, before this node's limits shrink.
+        The range is cut, from its end, into pieces of one kind: seen by the sibling at some
+        level (released there, with split bits if the limits cannot say it), or seen by no
+        sibling up to some ancestor (released at every level on the way back down). A loop,
+        never recursion: each piece walks up, then back down the path it recorded.
         """
-        # The windows of the hidden ancestors this range showed, before limits shrink.
-        windows = self._ancestor_windows_locked(start, end)
-        self._release_cow_parent_pages_walk_locked(start, end, freed)
-        # Limits cannot express holes, so after a partial release an ancestor's child may
-        # still "see" by its limits an offset no leaf below it sees (Zircon keeps such pages
-        # until a merge). Free every page of the released windows that no leaf sees any more.
-        for node, lo, hi in windows:
-            for off, v in list(node.page_list.pages(lo, hi)):
-                if node.designated_viewer_locked(off, v) is None:
-                    node.page_list.remove(off)
-                    freed.append(v)
-
-    def _ancestor_windows_locked(self, start: int, end: int) -> list[tuple[CowPages, int, int]]:
-        out = []
-        cur, lo, hi = self, start, end
-        while cur.parent is not None and cur.parent.hidden:
-            p_lo = max(lo, cur.parent_start_limit) + cur.parent_offset
-            p_hi = min(hi, cur.parent_limit) + cur.parent_offset
-            if p_lo >= p_hi:
-                break
-            out.append((cur.parent, p_lo, p_hi))
-            cur, lo, hi = cur.parent, p_lo, p_hi
-        return out
-
-    def _release_cow_parent_pages_walk_locked(self, start: int, end: int,
-                                              freed: list[int]) -> None:
-        """The seed's walk: limits first, split bits where limits cannot express a hole."""
         while end > start:
             cur_start, cur_end = start, end
             cur = self
@@ -1221,17 +1213,33 @@ class CowPages:
         self._free_frames_locked(frames)
 
     def _remove_child_locked(self, removed: CowPages) -> None:
+        """``removed`` leaves the tree (seed: ``RemoveChildLocked``). A hidden node then merges
+        into its remaining child and takes itself out of the tree."""
         if not self.hidden:
             self.children.remove(removed)
             return
         assert len(self.children) == 2
         removed_left = self.children[0] is removed
-        # What the removed leaf saw up the tree: pages there may have just lost their last
-        # viewer (limits of the other side can cover offsets none of its leaves sees).
-        windows = removed._ancestor_windows_locked(0, removed.size)
         self.children.remove(removed)
         child = self.children[0]
         self._merge_content_with_child_locked(removed, removed_left)
+        if child.page_attribution_user_id != self.page_attribution_user_id:
+            # The VMO this node's pages were charged to just closed. Each hidden ancestor that
+            # was charging it as well now charges its child we did not come up through.
+            gone = self.page_attribution_user_id
+            skip = gone
+            cur = self
+            while cur.parent is not None:
+                parent = cur.parent
+                assert parent.hidden
+                if parent.page_attribution_user_id != gone:
+                    break
+                new_id = parent.children[0].page_attribution_user_id
+                if new_id == skip:
+                    new_id = parent.children[1].page_attribution_user_id
+                parent.page_attribution_user_id = new_id
+                skip = new_id
+                cur = parent
         # Take this hidden node out of the tree: the remaining child takes its place.
         self.children = []
         if self.parent is not None:
@@ -1241,19 +1249,18 @@ class CowPages:
             self.hier.root = child
         child.parent = self.parent
         self.parent = None
-        freed: list[int] = []
-        for node, lo, hi in windows:
-            if node is self:
-                continue  # merged away just now
-            for off, v in list(node.page_list.pages(lo, hi)):
-                if node.designated_viewer_locked(off, v) is None:
-                    node.page_list.remove(off)
-                    freed.append(v)
-        self._free_frames_locked(freed)
         self.hier.generation += 1
 
     def _merge_content_with_child_locked(self, removed: CowPages, removed_left: bool) -> None:
-        """Fold this hidden node into its one remaining child (seed: ``MergeContentWithChild``)."""
+        """Fold this hidden node into its one remaining child (seed: ``MergeContentWithChild``).
+
+        The child must end up seeing no more of our parent than we did (its limits are
+        clipped, or what we saw beyond its window is released), then our pages in its window
+        move into it. The fast path (the child is a leaf at offset 0 and no partial release
+        happened below us) clears the split bits of the pages the removed side had forked and
+        lets the child's own entries cover ours. Otherwise each page is judged by its split
+        bits: one the child's side forked (and migrated deeper) is stale and freed.
+        """
         child = self.children[0]
         freed: list[int] = []
         vis_start = child.parent_offset + child.parent_start_limit
@@ -1273,63 +1280,163 @@ class CowPages:
             else:
                 child.parent_limit = self.parent_limit - child.parent_offset
                 child.parent_start_limit = min(child.parent_start_limit, child.parent_limit)
-        elif self.parent is not None:
+        else:
+            # The child sees less of our parent than we did: release the rest.
             self._release_cow_parent_pages_locked(merge_end, self.parent_limit, freed)
-        if (self.parent is not None
-                and removed.parent_offset + removed.parent_start_limit < vis_start):
+        if removed.parent_offset + removed.parent_start_limit < vis_start:
+            # What the removed child saw before the remaining child's window is seen by nobody.
             self._release_cow_parent_pages_locked(
                 removed.parent_offset + removed.parent_start_limit, vis_start, freed)
         child.parent_offset += self.parent_offset
         pmm = self.pmm
-        # Pages move from this node into the child: the child's own entries win; a page the
-        # removed side had forked (its split bit set) is visible to the child alone and moves;
-        # a page the child's side had forked and then migrated deeper is stale and is freed.
-        child_side = SPLIT_RIGHT if removed_left else SPLIT_LEFT
-        for off, v in self.page_list.take_range(merge_start, merge_end):
-            c_off = off - merge_start
-            if child.page_list.get(c_off) != EMPTY:
+        split = pmm.split
+        mine = self.page_list
+        theirs = child.page_list
+        if merge_start == 0 and not self.partial_cow_release and not child.hidden:
+            # Pages the removed leaf forked (it holds a page or marker there) are visible to
+            # the child alone now: clear their bits.
+            r_off = removed.parent_offset
+            for off, _ in removed.page_list.items(removed.parent_start_limit,
+                                                  removed.parent_limit):
+                v = mine.get(off + r_off)
                 if v > 0:
-                    freed.append(v)
-                continue
-            if v > 0:
-                if pmm.split[v] & child_side or (
-                        child.hidden and not any(
-                            _first_seer(g, c_off - g.parent_offset) is not None
-                            for g in child.children)):
-                    # Forked on the child's side already, or (after a partial release) no
-                    # leaf below the child sees it although its limits cover it: drop it.
-                    freed.append(v)
+                    split[v] = 0
+            # The child's own entries win; ours move in where it has none.
+            for off, v in mine.take_range(0):
+                if theirs.get(off) != EMPTY:
+                    if v > 0:
+                        freed.append(v)
                     continue
-                pmm.split[v] = 0
-                child.page_list.set(c_off, v)
-                pmm.set_owner(v, child, c_off)
-            else:
-                child.page_list.set(c_off, MARKER)
+                theirs.set(off, v)
+                if v > 0:
+                    pmm.set_owner(v, child, off)
+        else:
+            child_side = SPLIT_RIGHT if removed_left else SPLIT_LEFT
+            for off, v in mine.take_range(merge_start, merge_end):
+                c_off = off - merge_start
+                if theirs.get(c_off) != EMPTY:
+                    if v > 0:
+                        freed.append(v)
+                    continue
+                if v > 0:
+                    if split[v] & child_side:
+                        # Migrated into the child's side and on deeper: stale.
+                        freed.append(v)
+                        continue
+                    # Forks happen all the way down, so if the child has no entry here
+                    # neither has anyone below it.
+                    split[v] = 0
+                    pmm.set_owner(v, child, c_off)
+                theirs.set(c_off, v)
         self._free_frames_locked(freed)
 
     # ---------------------------------------------------------------- attribution
 
-    def attribution_target(self) -> CowPages | None:
-        """The live VMO node pages of this (visible) node are attributed to.
+    def attributed_pages_locked(self) -> int:
+        """Pages charged to this visible node (seed: ``AttributedPagesInRangeLocked`` over the
+        whole node): its own, and in the gaps of its page list those of hidden ancestors that
+        the seed's rule charges to it (`_count_attributed_ancestor_pages_locked`)."""
+        if self.hidden:
+            return 0
+        count = self.page_list.count_pages()
+        parent = self.parent
+        if parent is None or not parent.hidden:
+            return count
+        end = min(self.size, self.parent_limit)
+        pos = 0
+        for off, _ in self.page_list.items(0, end):
+            if off > pos:
+                count += self._count_attributed_gap_locked(pos, off)
+            pos = off + 1
+        if pos < end:
+            count += self._count_attributed_gap_locked(pos, end)
+        return count
 
-        A node whose VMO was closed while slices still show it passes its pages on to its
-        first live descendant, so that every frame counts for exactly one live VMO.
-        """
+    def _count_attributed_gap_locked(self, start: int, end: int) -> int:
+        count = 0
+        off = start
+        while off < end:
+            done, ours = self._count_attributed_ancestor_pages_locked(off, end - off)
+            assert done > 0
+            off += done
+            count += ours
+        return count
+
+    def _count_attributed_ancestor_pages_locked(self, offset: int, size: int) -> tuple[int, int]:
+        """Seed: ``CountAttributedAncestorPagesLocked``. Walks up from a gap ``[offset, offset
+        + size)`` of this node and counts the hidden ancestors' pages charged to it: a page is
+        ours if its node carries our attribution id, if it was split (so only our side sees
+        it), or if our sibling at that level cannot see it. A gap the sibling sees in a node
+        charged to the sibling is skipped. Returns ``(pages of the range processed, pages
+        counted)``: when a gap must be followed further up, the walk continues with that gap
+        only and the caller resumes after it (a loop, not recursion)."""
+        cur, cur_off, cur_size = self, offset, size
+        ours = 0
+        attributed = 0
+        split = self.pmm.split
+        while cur_off < cur.parent_limit:
+            parent = cur.parent
+            assert parent is not None
+            p_off = cur.parent_offset + cur_off
+            sib = parent.children[1] if parent.children[0] is cur else parent.children[0]
+            p_end = p_off + min(cur_size, cur.parent_limit - cur_off)
+            sib_lo = sib.parent_offset + sib.parent_start_limit
+            sib_hi = sib.parent_offset + sib.parent_limit
+            same_id = parent.page_attribution_user_id == cur.page_attribution_user_id
+            next_off, next_size = p_off + cur_size, 0
+            pos = p_off
+            stopped = False
+            plist = parent.page_list
+            # Hidden nodes between a leaf and the pages are often empty: one gap, no walk.
+            entries = (list(plist.items(p_off, p_end)) if plist.any_in_range(p_off, p_end)
+                       else [])
+            entries.append((p_end, EMPTY))
+            for off, v in entries:
+                if off > pos:
+                    # A gap [pos, off): ancestors further up may hold pages for it.
+                    if same_id:
+                        next_off, next_size, stopped = pos, off - pos, True
+                    else:
+                        lo, hi = max(pos, sib_lo), min(off, sib_hi)
+                        if lo >= hi:
+                            next_off, next_size, stopped = pos, off - pos, True
+                        elif hi - lo < off - pos:
+                            if lo == pos:
+                                next_off, next_size, stopped = hi, off - hi, True
+                            else:
+                                next_off, next_size, stopped = pos, lo - pos, True
+                        # else: the sibling sees the whole gap; what is up there is its.
+                    if stopped:
+                        break
+                if off >= p_end:
+                    break
+                if v != MARKER and (same_id or split[v] or not sib_lo <= off < sib_hi):
+                    ours += 1
+                pos = off + 1
+            if next_size == 0:
+                break
+            attributed += next_off - p_off
+            cur, cur_off, cur_size = parent, next_off, next_size
+        return attributed + cur_size, ours
+
+    def committed_pages_locked(self) -> int:
+        """Pages charged to the VMO this visible node stands for: `attributed_pages_locked`,
+        plus those of visible ancestors whose VMO closed and that charge it instead."""
+        total = self.attributed_pages_locked()
+        cur = self.parent
+        while cur is not None and not cur.hidden:
+            if cur.paged_ref is None and cur.attribution_target() is self:
+                total += cur.attributed_pages_locked()
+            cur = cur.parent
+        return total
+
+    def attribution_target(self) -> CowPages | None:
+        """The live VMO node the pages charged to this visible node count for: itself, or, for
+        a node whose VMO closed while slices or at-least-on-write children keep it, its first
+        live descendant (Zircon charges such pages to nobody; see the README)."""
         for n in self.walk_subtree():
             if n.paged_ref is not None and not n.hidden:
                 return n
-        return None
-
-    def designated_viewer_locked(self, off: int, frame: int) -> CowPages | None:
-        """The leaf a page of this hidden node is attributed to: the first (left-first) leaf
-        that can see it, skipping sides whose split bit says they forked it."""
-        split = self.pmm.split[frame]
-        for idx, child in enumerate(self.children):
-            if split & (SPLIT_LEFT if idx == 0 else SPLIT_RIGHT):
-                continue
-            found = _first_seer(child, off - child.parent_offset)
-            if found is not None:
-                return found
         return None
 
     # ---------------------------------------------------------------- discardable
@@ -1816,21 +1923,6 @@ _AWAITING_CLEAN_RUNS = re.compile(bytes([ord("["), DirtyState.AWAITING_CLEAN, or
                                          ord("+")]))
 _NOT_CLEAN_RUNS = re.compile(bytes([ord("["), DirtyState.UNTRACKED, DirtyState.DIRTY,
                                     DirtyState.AWAITING_CLEAN, ord("]"), ord("+")]))
-
-
-def _first_seer(node: CowPages, off: int) -> CowPages | None:
-    """First leaf under ``node`` (inclusive) that sees its parent's content at ``off``."""
-    if not (node.parent_start_limit <= off < node.parent_limit):
-        return None
-    if node.page_list.get(off) != EMPTY:
-        return None
-    if not node.hidden:
-        return node
-    for child in node.children:
-        found = _first_seer(child, off - child.parent_offset)
-        if found is not None:
-            return found
-    return None
 
 
 def _run_length(offsets: list[int]) -> int:

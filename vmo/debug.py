@@ -8,6 +8,7 @@ pin counts and dirty states.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from vmo.cow_pages import ABSENT, NO_SUPPLY_ZERO, CowPages, DiscardableState, Hierarchy
@@ -37,14 +38,24 @@ def validate(k: Kernel) -> None:
     seen_frames: dict[int, tuple[CowPages, int]] = {}
     live_vmos = k.live_vmos()
     total_attributed = 0
+    uncharged = 0
     for hier in k.hierarchies():
         with hier.lock:
-            _validate_hierarchy(k, hier, seen_frames)
+            want: Counter[CowPages] = Counter()
+            uncharged += _validate_hierarchy(k, hier, seen_frames, want)
             attribution = k._attribution_locked(hier)
             total_attributed += sum(attribution.values())
             for node, count in attribution.items():
                 if node.paged_ref is None or node.paged_ref.closed:
                     raise _fail(node, None, f"{count} pages attributed to a node with no live VMO")
+            # What VmoInfo.committed_bytes reports (the core walks ranges, as the seed does)
+            # against the same rule applied page by page.
+            if attribution != {n: c for n, c in want.items() if c}:
+                diff = sorted((n.id, attribution.get(n, 0), want.get(n, 0))
+                              for n in set(attribution) | set(want)
+                              if attribution.get(n, 0) != want.get(n, 0))
+                raise _fail(None, None, "committed pages differ from the seed's rule page by "
+                                        f"page (node, committed, by the rule): {diff}")
     # Frame accounting: every frame the allocator thinks is in use is in exactly one slot.
     used = pmm.used_frames
     if len(seen_frames) != used:
@@ -53,9 +64,12 @@ def validate(k: Kernel) -> None:
         leaked = sorted(set(in_use) - set(seen_frames))[:8]
         raise _fail(None, None, f"{used} frames in use but {len(seen_frames)} held by page lists; "
                                 f"leaked frames (first 8): {leaked}")
-    if total_attributed != len(seen_frames):
-        raise _fail(None, None, f"attribution sums to {total_attributed} pages but page lists "
-                                f"hold {len(seen_frames)} frames")
+    # Every frame is charged to one live VMO, or is one of the pages the seed charges to
+    # nobody (memory_stats().unreachable_pages).
+    if total_attributed + uncharged != len(seen_frames):
+        raise _fail(None, None, f"attribution sums to {total_attributed} pages and "
+                                f"{uncharged} are charged to nobody, but page lists hold "
+                                f"{len(seen_frames)} frames")
     # Every live VMO stands for a node of a live hierarchy.
     for v in live_vmos:
         if v.cow.paged_ref is not v:
@@ -64,12 +78,16 @@ def validate(k: Kernel) -> None:
 
 
 def _validate_hierarchy(k: Kernel, hier: Hierarchy,
-                        seen_frames: dict[int, tuple[CowPages, int]]) -> None:
+                        seen_frames: dict[int, tuple[CowPages, int]],
+                        charged: Counter[CowPages]) -> int:
+    """Check one tree. Adds to ``charged`` the pages each live VMO's node is charged for by
+    the seed's rule, worked out page by page; returns the pages charged to nobody."""
     root = hier.root
     assert root is not None
     if root.parent is not None:
         raise _fail(root, None, "hierarchy root has a parent")
     pmm = k.pmm
+    uncharged = 0
     for node in root.walk_subtree():
         if node.hier is not hier:
             raise _fail(node, None, "node belongs to another hierarchy")
@@ -144,10 +162,18 @@ def _validate_hierarchy(k: Kernel, hier: Hierarchy,
         if pinned != node.pinned_pages:
             raise _fail(node, None, f"pinned_pages {node.pinned_pages} but {pinned} pinned frames")
         if node.hidden:
-            _validate_page_splits(node)
+            uncharged += _validate_page_splits(node, charged)
+        elif not node.page_list.is_empty():
+            owner = live_owner(node)
+            if owner is not None:
+                charged[owner] += node.page_list.count_pages()
         _validate_discardable(node)
         if node.page_source is None and node.supply_zero_offset != NO_SUPPLY_ZERO:
             raise _fail(node, None, "supply_zero_offset set without a page source")
+        if node.paged_ref is not None and node.page_attribution_user_id != node.paged_ref.koid:
+            raise _fail(node, None, f"attribution id {node.page_attribution_user_id} is not "
+                                    f"the koid {node.paged_ref.koid} of its VMO")
+    return uncharged
 
 
 def _validate_dirty(node: CowPages, off: int, frame: int) -> None:
@@ -173,40 +199,121 @@ def _sees(node: CowPages, off: int) -> bool:
     return node.parent_start_limit <= off < node.parent_limit
 
 
-def _subtree_can_see(node: CowPages, off: int) -> bool:
-    """Can some leaf below ``node`` (inclusive) see its parent's page at ``off``?"""
-    if not _sees(node, off):
-        return False
-    if node.page_list.get(off) != 0:
-        return False
-    if not node.hidden:
-        return True
-    if node.partial_cow_release:
-        return True  # seed: such a node may still see it; only a merge can tell
-    return any(_subtree_can_see(c, off - c.parent_offset) for c in node.children)
+def _leaf_sees(node: CowPages, off: int, *, partial_counts: bool = False) -> bool:
+    """Can some leaf below ``node`` (inclusive) see its parent's content at ``off``?
+
+    The leaf search the split bits and limits stand in for. A loop with an explicit stack
+    that tries visible children first, so that a fan of snapshots answers at once. With
+    ``partial_counts`` a hidden node that did a partial release counts as seeing (seed:
+    ``DebugValidatePageSplitsLocked`` accepts that a merge may still find such a page)."""
+    stack = [(node, off)]
+    while stack:
+        cur, cur_off = stack.pop()
+        if not _sees(cur, cur_off) or cur.page_list.get(cur_off) != 0:
+            continue
+        if not cur.hidden or (partial_counts and cur.partial_cow_release):
+            return True
+        # Hidden children last onto the stack come off first: push hidden ones first.
+        for child in sorted(cur.children, key=lambda c: not c.hidden):
+            stack.append((child, cur_off - child.parent_offset))
+    return False
 
 
-def _validate_page_splits(node: CowPages) -> None:
-    """Seed: ``DebugValidatePageSplitsLocked``. A split page is seen by one side only."""
+def _validate_page_splits(node: CowPages, charged: Counter[CowPages]) -> int:
+    """Seed: ``DebugValidatePageSplitsLocked``, and the cross-check of the mechanism: for
+    every page of a hidden node, what the split bits and the limits say (the node's
+    `_is_uni_accessible_locked`) agrees with which leaves really see it, and the seed's
+    attribution charges it to at most one leaf. Adds the charged pages to ``charged`` and
+    returns the pages charged to nobody: seen by no leaf (the seed keeps such pages until a
+    merge or close), or, after a partial release, seen only where the seed's limits say the
+    other side sees them."""
     pmm = node.pmm
+    left, right = node.children
+    uncharged = 0
     for off, frame in node.page_list.pages():
         split = pmm.split[frame]
-        if not split:
+        left_sees = _leaf_sees(left, off - left.parent_offset)
+        right_sees = _leaf_sees(right, off - right.parent_offset)
+        if split:
+            forked, other = (left, right) if split == SPLIT_LEFT else (right, left)
+            if left_sees if split == SPLIT_LEFT else right_sees:
+                raise _fail(node, off, f"page split toward node #{forked.id} is still visible "
+                                       f"there")
+            if not node.partial_cow_release and not _leaf_sees(
+                    other, off - other.parent_offset, partial_counts=True):
+                raise _fail(node, off, f"split page is visible to no leaf under node "
+                                       f"#{other.id}")
+        elif left_sees and right_sees and node._is_uni_accessible_locked(frame, off):
+            raise _fail(node, off, "both sides see the page but the limits call it "
+                                   "uni-accessible: a fork would migrate it from under one side")
+        leaves = seed_charged_leaves(node, off, frame)
+        if len(leaves) > 1:
+            raise _fail(node, off, f"charged to {len(leaves)} VMOs: nodes "
+                                   f"{[n.id for n in leaves]}")
+        owner = live_owner(leaves[0]) if leaves else None
+        if owner is not None:
+            charged[owner] += 1
             continue
-        forked, other = ((node.left, node.right) if split == SPLIT_LEFT
-                         else (node.right, node.left))
-        if _subtree_can_see_strict(forked, off - forked.parent_offset):
-            raise _fail(node, off, f"page split toward node #{forked.id} is still visible there")
-        if not node.partial_cow_release and not _subtree_can_see(other, off - other.parent_offset):
-            raise _fail(node, off, f"split page is visible to no leaf under node #{other.id}")
+        uncharged += 1
+        if (left_sees or right_sees) and not node.partial_cow_release:
+            raise _fail(node, off, "a leaf sees the page but it is charged to no VMO")
+    return uncharged
 
 
-def _subtree_can_see_strict(node: CowPages, off: int) -> bool:
-    if not _sees(node, off) or node.page_list.get(off) != 0:
-        return False
-    if not node.hidden:
-        return True
-    return any(_subtree_can_see_strict(c, off - c.parent_offset) for c in node.children)
+def seed_charged_leaves(hidden: CowPages, off: int, frame: int) -> list[CowPages]:
+    """The leaves whose ``committed_bytes`` count the page at ``off`` of ``hidden``, by the
+    seed's rule (``CountAttributedAncestorPagesLocked``) applied to one offset at a time.
+
+    A leaf's walk reaches a hidden ancestor at an offset when the offset is a gap in every
+    node on the way and within each one's ``parent_limit``, and at every level on the way up
+    it is followed (the node it walks into carries the walker's id, or the walker's sibling
+    there cannot see the offset). Where it reaches the page, the page is the walker's if the
+    holder carries the walker's id, the page is split, or the walker's sibling there cannot
+    see it. A loop with an explicit stack, from the page down."""
+    split = hidden.pmm.split[frame]
+
+    def sibling_sees(parent: CowPages, child: CowPages, p_off: int) -> bool:
+        sib = parent.children[1] if parent.children[0] is child else parent.children[0]
+        return (sib.parent_offset + sib.parent_start_limit <= p_off
+                < sib.parent_offset + sib.parent_limit)
+
+    out: list[CowPages] = []
+    stack: list[tuple[CowPages, int]] = []
+    for child in hidden.children:
+        c_off = off - child.parent_offset
+        if not 0 <= c_off < child.parent_limit:
+            continue
+        if (hidden.page_attribution_user_id == child.page_attribution_user_id or split
+                or not sibling_sees(hidden, child, off)):
+            stack.append((child, c_off))
+    while stack:
+        cur, cur_off = stack.pop()
+        if cur.page_list.get(cur_off) != 0:
+            continue
+        if not cur.hidden:
+            if cur_off < cur.size:
+                out.append(cur)
+            continue
+        for child in cur.children:
+            c_off = cur_off - child.parent_offset
+            if not 0 <= c_off < child.parent_limit:
+                continue
+            if (cur.page_attribution_user_id == child.page_attribution_user_id
+                    or not sibling_sees(cur, child, cur_off)):
+                stack.append((child, c_off))
+    return out
+
+
+def live_owner(node: CowPages) -> CowPages | None:
+    """The node whose live VMO the pages charged to a visible node count for: itself, or
+    the first live node below it (`CowPages.attribution_target`, re-derived here)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if not n.hidden and n.paged_ref is not None and not n.paged_ref.closed:
+            return n
+        stack.extend(reversed(n.children))
+    return None
 
 
 def _validate_discardable(node: CowPages) -> None:

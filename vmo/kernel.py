@@ -173,13 +173,17 @@ class Kernel:
         for cow in rec:
             unlocked += len(cow.page_list) and cow.page_list.count_pages()
         q = pmm.queues
+        charged = 0
+        for hier in self.hierarchies():
+            with hier.lock:
+                charged += sum(self._attribution_locked(hier).values())
         return MemoryStats(
             total_pages=pmm.total_frames, free_pages=pmm.free_frames,
             vmo_pages=pmm.used_frames, pinned_pages=len(q[PageQueue.WIRED]),
             pager_backed_pages=len(q[PageQueue.PAGER_BACKED]) + len(q[PageQueue.PAGER_BACKED_DIRTY]),
             pager_backed_dirty_pages=len(q[PageQueue.PAGER_BACKED_DIRTY]),
             discardable_locked_pages=locked, discardable_unlocked_pages=unlocked,
-            page_size=PAGE_SIZE)
+            page_size=PAGE_SIZE, unreachable_pages=pmm.used_frames - charged)
 
     def dedup_zero_pages(self) -> int:
         """Replace committed all-zero pages of anonymous VMOs by zero markers (the kernel's
@@ -197,23 +201,15 @@ class Kernel:
     # ---------------------------------------------------------------- attribution
 
     def _attribution_locked(self, hier: Hierarchy) -> dict[CowPages, int]:
-        """Committed pages per live node of one tree; every frame counts exactly once."""
+        """Committed pages of each live VMO node of one tree, by the seed's rule."""
         out: dict[CowPages, int] = {}
         if hier.root is None:
             return out
         for node in hier.root.walk_subtree():
-            if node.page_list.is_empty():
-                continue
-            if not node.hidden:
-                target = node.attribution_target()
-                if target is not None:
-                    out[target] = out.get(target, 0) + node.page_list.count_pages()
-                continue
-            for off, frame in node.page_list.pages():
-                viewer = node.designated_viewer_locked(off, frame)
-                target = viewer.attribution_target() if viewer is not None else None
-                if target is not None:
-                    out[target] = out.get(target, 0) + 1
+            if node.paged_ref is not None and not node.hidden:
+                count = node.committed_pages_locked()
+                if count:
+                    out[node] = count
         return out
 
     # ---------------------------------------------------------------- page sources

@@ -92,6 +92,10 @@ class MemoryStats:
     discardable_locked_pages: int
     discardable_unlocked_pages: int
     page_size: int
+    #: Pages the seed keeps in a hidden node although no VMO is charged for them (no leaf can
+    #: see them until a merge or a close frees them). Summed over live VMOs, committed pages
+    #: plus these equal ``vmo_pages``.
+    unreachable_pages: int = 0
 
     @property
     def total_bytes(self) -> int:

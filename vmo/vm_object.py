@@ -46,6 +46,7 @@ class Vmo:
         cow.paged_ref = self
         self._hier = cow.hier
         self.koid = kernel._next_koid()
+        cow.page_attribution_user_id = self.koid
         self._name = ""
         self._resizable = resizable
         self._discardable = discardable
@@ -323,11 +324,11 @@ class Vmo:
                 if kinds == ChildOptions.SNAPSHOT and pager_backed:
                     raise ZxError(Status.ERR_NOT_SUPPORTED,
                                   "SNAPSHOT of a pager-backed VMO; use SNAPSHOT_AT_LEAST_ON_WRITE")
-                base, delta = cow.slice_parent() if cow.is_slice else (cow, 0)
-                if (base.root_parent_offset + delta) * PAGE_SIZE + offset + size >= _args.U64:
+                if cow.root_parent_offset * PAGE_SIZE + offset + size >= _args.U64:
                     raise ZxError(Status.ERR_OUT_OF_RANGE, "child range overflows the root")
-                node = base.create_clone_locked(snapshot, offset // PAGE_SIZE + delta,
-                                                size // PAGE_SIZE)
+                # On the slice's own node when it is a slice (seed: CreateCloneLocked): the
+                # clone sees no more than the slice does.
+                node = cow.create_clone_locked(snapshot, offset // PAGE_SIZE, size // PAGE_SIZE)
                 child = Vmo(self._kernel, node, resizable=bool(opts & ChildOptions.RESIZABLE),
                             discardable=False, writable=not opts & ChildOptions.NO_WRITE,
                             parent=self, is_cow_clone=True)
@@ -353,7 +354,7 @@ class Vmo:
                 flags |= VmoInfoFlags.DISCARDABLE
             if self.mappings:
                 flags |= VmoInfoFlags.VIA_MAPPING
-            attributed = self._kernel._attribution_locked(self._hier).get(cow, 0)
+            attributed = cow.committed_pages_locked()
             if cow.is_slice:
                 base, delta = cow.slice_parent()
                 populated = base.page_list.count_pages(delta, delta + cow.size)

@@ -1,13 +1,13 @@
-"""Attribution of a hidden page goes to the first leaf below, even one whose window does not
-include the page (committed_bytes counted for a VMO that cannot see the page).
+"""A hidden page is charged to the walker when its sibling CAN see it (the seed charges it
+when the sibling cannot): committed_bytes counts a page for the wrong child.
 """
 
 from vmo.testing.mutation import Mutant
 
 MUTANT = Mutant(
     name='attribution_wrong_child',
-    target='vmo.cow_pages:_first_seer',
-    old='    if not (node.parent_start_limit <= off < node.parent_limit):\n        return None\n',
-    new='    pass  # MUTANT: the window is not checked\n',
+    target='vmo.cow_pages:CowPages._count_attributed_ancestor_pages_locked',
+    old='                if v != MARKER and (same_id or split[v] or not sib_lo <= off < sib_hi):\n',
+    new='                if v != MARKER and (same_id or split[v] or sib_lo <= off < sib_hi):  # MUTANT\n',
     description=__doc__.strip(),
 )

@@ -7,7 +7,7 @@ from vmo.testing.mutation import Mutant
 MUTANT = Mutant(
     name='merge_drops_visible_page',
     target='vmo.cow_pages:CowPages._merge_content_with_child_locked',
-    old='                if pmm.split[v] & child_side or (\n',
-    new="                if pmm.split[v] & (child_side ^ 3) or (  # MUTANT: the removed side's bit\n",
+    old='                    if split[v] & child_side:\n',
+    new="                    if split[v] & (child_side ^ 3):  # MUTANT: the removed side's bit\n",
     description=__doc__.strip(),
 )

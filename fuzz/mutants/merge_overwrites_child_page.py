@@ -7,7 +7,7 @@ from vmo.testing.mutation import Mutant
 MUTANT = Mutant(
     name='merge_overwrites_child_page',
     target='vmo.cow_pages:CowPages._merge_content_with_child_locked',
-    old='            if child.page_list.get(c_off) != EMPTY:\n',
-    new="            if False:  # MUTANT: the child's own pages do not win\n",
+    old='                if theirs.get(off) != EMPTY:\n',
+    new="                if False:  # MUTANT: the child's own pages do not win\n",
     description=__doc__.strip(),
 )

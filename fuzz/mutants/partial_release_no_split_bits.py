@@ -10,9 +10,4 @@ MUTANT = Mutant(
     old='                pmm.split[v] |= mine\n',
     new='                pass  # MUTANT: no split bit for a hole in the window\n',
     description=__doc__.strip(),
-    equivalent="the bits a partial release sets are never read for a decision: forks, releases, "
-               "merges, the sweep of released windows and attribution all ask whether a leaf sees "
-               "the page (_first_seer), and the nodes involved are flagged partial_cow_release, "
-               "under which Zircon (and the machine's split-bit check) accept inexact bits. "
-               "partial_release_wrong_side breaks the same line detectably.",
 )

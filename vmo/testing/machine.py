@@ -428,6 +428,45 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.set_size(v, min(keep * PAGE_SIZE, offset))
         return multiple(*made)
 
+    @rule(target=vmos, v=vmos, count=st.integers(2, 24), windows=st.booleans(), seed=vs.seeds)
+    def fan(self, v: OVmo, count: int, windows: bool, seed: int) -> Any:
+        """Tens of snapshots of one VMO (whole, or windows at staggered offsets): ``v`` ends
+        up at the bottom of a chain of hidden nodes, each with a snapshot beside it. Then a
+        whole-page write of ``v`` forks through every level."""
+        made: list[OVmo] = []
+        pages = max(1, v.size // PAGE_SIZE)
+        for i in range(count):
+            offset = (i * (seed % 5 + 1) % pages) * PAGE_SIZE if windows else 0
+            size = max(PAGE_SIZE, v.size - offset) if not windows else PAGE_SIZE * (1 + i % 3)
+            child = self._create_child(v, "snapshot", offset, size, i % 4 == 0, False)
+            if not isinstance(child, OVmo):
+                break
+            made.append(child)
+        if made and v.size:
+            at = (seed % pages) * PAGE_SIZE
+            self._write_at(v, at, vs.payload(seed, min(PAGE_SIZE, v.size - at)))
+        return multiple(*made)
+
+    @rule(target=vmos, v=vmos, depth=st.integers(2, 12), shrink=st.booleans(), seed=vs.seeds)
+    def chain(self, v: OVmo, depth: int, shrink: bool, seed: int) -> Any:
+        """A chain of snapshots, each of the one before (a deep hierarchy), each perhaps a
+        page shorter than the last and resizable (so later shrinks release in the middle of
+        windows that other levels still see), with a write at some level."""
+        made: list[OVmo] = []
+        cur = v
+        for i in range(depth):
+            size = max(PAGE_SIZE, cur.size - (PAGE_SIZE if shrink and i % 2 else 0))
+            child = self._create_child(cur, "snapshot", 0, size, True, False)
+            if not isinstance(child, OVmo):
+                break
+            made.append(child)
+            cur = child
+        if made:
+            target = made[seed % len(made)]
+            if target.size:
+                self._write_at(target, 0, vs.payload(seed, min(PAGE_SIZE, target.size)))
+        return multiple(*made)
+
     @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
           then=st.sampled_from(["keep", "write", "write_close", "close"]), seed=vs.seeds)
     def zero_then_snapshot(self, v: OVmo, at: tuple[int, int], npages: int, then: str,
@@ -527,21 +566,41 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.step_time_validate += time.perf_counter() - t0
 
 
+    def _check_attribution_ids(self) -> None:
+        """The oracle's tree of attribution ids (`vmo.testing.oracle.IdNode`) is the real
+        one: up from every live VMO, the same chain of nodes, hidden or not, carrying the ids
+        of the same VMOs."""
+        koid_of = {ok: r.koid for ok, r in self.real.items()}
+        for ov in self.oracle.live():
+            if ov.id_node is None:
+                continue
+            real = self.real.get(ov.koid)
+            if real is None:
+                continue
+            want = [(koid_of.get(i, -i), hidden) for i, hidden in ov.id_node.chain()]
+            with real._hier.lock:
+                got = _real_chain(real.cow)
+            if got != want:
+                raise self._with_dump(Mismatch(
+                    f"koid {real.koid}: attribution ids up the tree (id, hidden) are {got}, "
+                    f"the oracle's {want}"))
+
     @invariant()
     def structure_matches(self) -> None:
         """Checks beyond `vmo.debug.validate`, from the real tree, independent of the core's
         own helpers: every window lies inside its hidden parent (a child never sees past its
         parent's end) and hidden nodes hold nothing past their end; and every live VMO's
-        ``committed_bytes`` is what the attribution rule gives (README): a page of a visible
-        node counts for its VMO, or if that VMO is closed for the first live VMO below it; a
-        page of a hidden node counts for the first leaf, left side first, that can see it."""
+        split bits are exact where no partial release happened; and the attribution ids up
+        every live VMO's chain of hidden ancestors are the oracle's, so that `validate`'s
+        page-by-page check of ``committed_bytes`` (the seed's rule over the real tree) is a
+        check against the oracle."""
         if not self.compare_every_step:
             return
+        self._check_attribution_ids()
         for h in self.k.hierarchies():
             with h.lock:
                 if h.root is None:
                     continue
-                want: Counter[Any] = Counter()
                 for node in h.root.walk_subtree():
                     parent = node.parent
                     if (parent is not None and parent.hidden and node.parent_limit
@@ -556,22 +615,14 @@ class VmoStateMachine(RuleBasedStateMachine):
                                 raise Mismatch(f"hidden node #{node.id} holds a page at "
                                                f"{off} past its end ({node.size} pages)")
                             _check_split_bits(node, off, frame)
-                            leaf = _designated_leaf(node, off, frame)
-                            owner = _live_owner(leaf) if leaf is not None else None
-                            if owner is not None:
-                                want[owner] += 1
-                    elif not node.page_list.is_empty():
-                        owner = _live_owner(node)
-                        if owner is not None:
-                            want[owner] += node.page_list.count_pages()
-                # What VmoInfo.committed_bytes reports, for the whole tree at once.
-                got = {n: c for n, c in self.k._attribution_locked(h).items() if c}
-                if got != {n: c for n, c in want.items() if c}:
-                    diff = sorted((n.id, got.get(n, 0), want.get(n, 0))
-                                  for n in set(got) | set(want) if got.get(n, 0) != want[n])
-                    raise self._with_dump(Mismatch(
-                        "attribution differs from the rule (node, committed pages, pages the "
-                        f"rule attributes): {diff}"))
+
+
+def _real_chain(node: Any) -> list[tuple[int, bool]]:
+    out = []
+    while node is not None:
+        out.append((node.page_attribution_user_id, node.hidden))
+        node = node.parent
+    return out
 
 
 def _first_difference(a: bytes | None, b: bytes | None) -> str:
@@ -594,17 +645,19 @@ def _hidden_count(k: Kernel) -> int:
 
 
 def _sees_from(node: Any, off: int) -> Any:
-    """The first leaf at or below ``node`` that sees its parent's content at ``off``."""
-    if not (node.parent_start_limit <= off < node.parent_limit):
-        return None
-    if node.page_list.get(off) != EMPTY:
-        return None
-    if not node.hidden:
-        return node
-    for child in node.children:
-        leaf = _sees_from(child, off - child.parent_offset)
-        if leaf is not None:
-            return leaf
+    """The first leaf at or below ``node`` (pre-order, left first) that sees its parent's
+    content at ``off``. A loop with an explicit stack: trees can be thousands deep."""
+    stack = [(node, off)]
+    while stack:
+        cur, cur_off = stack.pop()
+        if not (cur.parent_start_limit <= cur_off < cur.parent_limit):
+            continue
+        if cur.page_list.get(cur_off) != EMPTY:
+            continue
+        if not cur.hidden:
+            return cur
+        for child in reversed(cur.children):
+            stack.append((child, cur_off - child.parent_offset))
     return None
 
 
@@ -629,17 +682,6 @@ def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
                 f"hidden node #{hidden.id} page at {off}: the {name} split bit is "
                 f"{'set' if split & side else 'clear'} but {'no' if unseen else 'a'} leaf "
                 f"on that side sees the page")
-
-
-def _designated_leaf(hidden: Any, off: int, frame: int) -> Any:
-    split = hidden.pmm.split[frame]
-    for side, child in zip((SPLIT_LEFT, SPLIT_RIGHT), hidden.children, strict=False):
-        if split & side:
-            continue  # that side forked the page: none of its leaves sees this copy
-        leaf = _sees_from(child, off - child.parent_offset)
-        if leaf is not None:
-            return leaf
-    return None
 
 
 def _live_owner(node: Any) -> Any:

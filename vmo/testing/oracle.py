@@ -43,6 +43,77 @@ class Group:
 
 
 @attrs.define(eq=False)
+class IdNode:
+    """The oracle's picture of one node of the real tree, as far as attribution goes.
+
+    Content is modelled flat (eager copies); what the seed charges to whom depends on the
+    tree's shape and on the attribution id each hidden node carries, so those are modelled
+    here: a snapshot hides the cloned node (it keeps its id; the left child inherits it, the
+    right child is the clone's), and when a VMO's node leaves the tree its hidden parent goes
+    away and hidden ancestors that charged the closed VMO charge the side not walked through
+    (the seed's ``RemoveChildLocked``)."""
+
+    user_id: int
+    hidden: bool = False
+    live: bool = True
+    parent: IdNode | None = None
+    children: list[IdNode] = attrs.Factory(list)  # hidden: [left, right]
+
+    def chain(self) -> list[tuple[int, bool]]:
+        """``(user id, hidden)`` of this node and each ancestor, up to the root."""
+        out = []
+        cur: IdNode | None = self
+        while cur is not None:
+            out.append((cur.user_id, cur.hidden))
+            cur = cur.parent
+        return out
+
+
+def _id_snapshot(node: IdNode, clone_id: int) -> tuple[IdNode, IdNode]:
+    """Hide ``node`` under a snapshot; returns the left child (the cloned VMO's node now) and
+    the right one (the clone's)."""
+    left = IdNode(user_id=node.user_id, parent=node, children=node.children)
+    for c in left.children:
+        c.parent = left
+    right = IdNode(user_id=clone_id, parent=node)
+    node.children = [left, right]
+    node.hidden = True
+    return left, right
+
+
+def _id_close(node: IdNode) -> None:
+    node.live = False
+    cur: IdNode | None = node
+    while cur is not None and not cur.live and not cur.children and not cur.hidden:
+        parent = cur.parent
+        cur.parent = None
+        if parent is None:
+            return
+        parent.children.remove(cur)
+        if not parent.hidden:
+            cur = parent
+            continue
+        child = parent.children[0]
+        gone = parent.user_id
+        if child.user_id != gone:
+            skip, up = gone, parent
+            while up.parent is not None and up.parent.user_id == gone:
+                grand = up.parent
+                new_id = grand.children[0].user_id
+                if new_id == skip:
+                    new_id = grand.children[1].user_id
+                grand.user_id = new_id
+                skip, up = new_id, grand
+        above = parent.parent
+        if above is not None:
+            above.children[above.children.index(parent)] = child
+        child.parent = above
+        parent.children = []
+        parent.parent = None
+        return
+
+
+@attrs.define(eq=False)
 class OPin:
     holder: OVmo
     base: OVmo
@@ -73,6 +144,7 @@ class OVmo:
     lock_count: int = 0
     unlock_seq: int = 0
     committed: set[int] = attrs.Factory(set)  # pages, tracked for discardable VMOs only
+    id_node: IdNode | None = None  # None until the oracle adds the VMO
 
     @property
     def is_slice(self) -> bool:
@@ -149,6 +221,7 @@ class Oracle:
             return Status.ERR_NOT_SUPPORTED, None
         v = OVmo(koid=next(self._koids), store=bytearray(round_up(size)), resizable=resizable,
                  discardable=discardable, disc=Disc.NEVER_LOCKED if discardable else Disc.NONE)
+        v.id_node = IdNode(user_id=v.koid)
         self.vmos.append(v)
         return None, v
 
@@ -257,6 +330,9 @@ class Oracle:
             child = OVmo(koid=next(self._koids), store=bytearray(), writable=v.writable and not no_write,
                          parent_koid=v.koid, parent=v, base=t, base_offset=toff + offset,
                          slice_size=size)
+            assert t.id_node is not None
+            child.id_node = IdNode(user_id=child.koid, parent=t.id_node)
+            t.id_node.children.insert(0, child.id_node)
         else:
             if v.is_slice:
                 return Status.ERR_NOT_SUPPORTED, None
@@ -271,6 +347,8 @@ class Oracle:
                 v.group = Group([v])
             child.group = v.group
             v.group.members.append(child)
+            assert v.id_node is not None
+            v.id_node, child.id_node = _id_snapshot(v.id_node, child.koid)
         v.num_children += 1
         self.vmos.append(child)
         return None, child
@@ -279,6 +357,8 @@ class Oracle:
         if v.closed:
             return Status.ERR_BAD_HANDLE
         v.closed = True
+        if v.id_node is not None:
+            _id_close(v.id_node)
         for p in self.pins:
             if p.holder is v:
                 p.released = True

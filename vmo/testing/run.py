@@ -503,8 +503,9 @@ def _run_single(machine: type[RuleBasedStateMachine], *, seconds: float | None,
                                                                     settings))
     # The database key follows the user's machine, not our per-run subclass, so that every
     # job and every later campaign of the same machine shares stored failures.
-    test.hypothesis.inner_test._hypothesis_internal_add_digest = function_digest(machine)
-    test._hypothesis_internal_use_seed = seed
+    test.hypothesis.inner_test._hypothesis_internal_add_digest = (  # type: ignore[attr-defined]
+        function_digest(machine))
+    test._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
     failure: dict[str, Any] | None = None
     interrupted = False
     probe_ctx = CoreProbes(stats) if probes else contextlib.nullcontext()
