@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 try:
@@ -187,10 +188,10 @@ def bench_tree(shape: str, n: int, s: Sizes) -> TreeResult:
             a, b = clones[-(2 * r + 1)], clones[-(2 * r + 2)]
             page = 1 + r  # a page `a` never wrote: it still shares it
             round_cells = {
-                "fork": attempt(lambda a=a, page=page: a.write(b"\x01", page * PAGE_SIZE)),
+                "fork": attempt(partial(a.write, b"\x01", page * PAGE_SIZE)),
                 "get_info": attempt(a.get_info),
-                "zero tail": attempt(lambda b=b: b.op_range(
-                    VmoOp.ZERO, PAGES // 2 * PAGE_SIZE, PAGES // 2 * PAGE_SIZE)),
+                "zero tail": attempt(partial(b.op_range, VmoOp.ZERO, PAGES // 2 * PAGE_SIZE,
+                                             PAGES // 2 * PAGE_SIZE)),
                 "close": attempt(a.close),
             }
             for op, cell in round_cells.items():
