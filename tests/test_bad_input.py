@@ -391,7 +391,12 @@ def test_read_and_write_discarded(world_factory):
     expect(w, Status.ERR_NOT_FOUND, lambda: w.gone.read(0))
     expect(w, Status.ERR_NOT_FOUND, lambda: w.gone.write(b"x"))
     expect(w, Status.ERR_NOT_FOUND, lambda: w.gone.op_range(VmoOp.COMMIT, 0, P))
-    expect(w, Status.ERR_NOT_FOUND, lambda: w.gone.op_range(VmoOp.ZERO, 0, P))
+    # ZERO does not check the discarded state (seed: ZeroPagesLocked): OK, nothing changes.
+    before = w.state()
+    w.gone.op_range(VmoOp.ZERO, 0, P)
+    w.gone.op_range(VmoOp.ZERO, 5, 100)
+    assert w.state() == before
+    expect(w, Status.ERR_NOT_FOUND, lambda: w.gone.read(4))
     expect(w, Status.ERR_NOT_FOUND, lambda: w.gone.pin(0, P))
 
 
@@ -1168,8 +1173,8 @@ def test_supply_pages_out_of_range(pager_world, data):
 
 def test_supply_pages_bad_vmos(pager_world):
     w = pager_world()
-    pexpect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pager.supply_pages(w.pv, 0, P, w.tpv, 0))
-    pexpect(w, Status.ERR_NOT_SUPPORTED,
+    pexpect(w, Status.ERR_BAD_STATE, lambda: w.pager.supply_pages(w.pv, 0, P, w.tpv, 0))
+    pexpect(w, Status.ERR_BAD_STATE,
             lambda: w.pager.supply_pages(w.pv, 0, P, w.aux_slice, 0))
     pexpect(w, Status.ERR_ACCESS_DENIED, lambda: w.pager.supply_pages(w.pv, 0, P, w.aux_ro, 0))
     # A VMO that is not this pager's.

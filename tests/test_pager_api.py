@@ -273,17 +273,17 @@ def test_supply_zero_length_is_a_no_op(b: Backing, k: Kernel) -> None:
 
 
 def test_supply_from_a_snapshot_child_aux(b: Backing, k: Kernel) -> None:
-    """aux may be a clone: the supply forks what it shares, the parent keeps its copy."""
+    """aux may not be a clone (seed: TakePagesLocked): ERR_BAD_STATE, nothing moves."""
     v = b.pager.create_vmo(2 * P)
     parent = k.vmo_create(2 * P)
     parent.write(b"P" * 2 * P)
     aux = parent.create_child(ChildOptions.SNAPSHOT, 0, 2 * P)
-    b.pager.supply_pages(v, 0, 2 * P, aux, 0)
+    with pytest.raises(ZxError) as e:
+        b.pager.supply_pages(v, 0, 2 * P, aux, 0)
+    assert e.value.status == Status.ERR_BAD_STATE
     b.check()
-    assert v.read(2 * P) == b"P" * 2 * P
-    assert parent.read(2 * P) == b"P" * 2 * P
-    assert aux.read(2 * P) == bytes(2 * P)
-    b.check()
+    assert parent.read(2 * P) == aux.read(2 * P) == b"P" * 2 * P
+    assert b.reads() == []
 
 
 # ---------------------------------------------------------------------------- FAIL

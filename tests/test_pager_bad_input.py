@@ -255,12 +255,14 @@ def resolve(w: World, x: Any, pick: int) -> Any:
 # (a child's node has no page source of its own).
 FOREIGN = ["qv", "aux", "child", "slice", "aux_nw", "aux_slice", "aux_pinned"]
 # Auxiliary VMOs a supply refuses, and why.
+# Zircon's TakePagesLocked: an aux VMO with a parent, a page source or children is BAD_STATE.
 BAD_AUX = {
-    "pv": Status.ERR_NOT_SUPPORTED,  # pager-backed
-    "qv": Status.ERR_NOT_SUPPORTED,
-    "child": Status.ERR_NOT_SUPPORTED,  # a child of a pager-backed VMO is pager-backed too
-    "slice": Status.ERR_NOT_SUPPORTED,
-    "aux_slice": Status.ERR_NOT_SUPPORTED,
+    "pv": Status.ERR_BAD_STATE,  # pager-backed
+    "qv": Status.ERR_BAD_STATE,
+    "child": Status.ERR_BAD_STATE,  # a clone (of a pager-backed VMO)
+    "slice": Status.ERR_BAD_STATE,
+    "aux_slice": Status.ERR_BAD_STATE,
+    "aux": Status.ERR_BAD_STATE,  # has a slice child
     "aux_nw": Status.ERR_ACCESS_DENIED,
     "aux_pinned": Status.ERR_BAD_STATE,
     "aux_closed": Status.ERR_BAD_HANDLE,
@@ -409,7 +411,7 @@ def test_supply_from_a_discarded_aux(world: Callable[[], World]) -> None:
 
 def test_supply_into_itself(world: Callable[[], World]) -> None:
     w = world()
-    expect(w, Status.ERR_NOT_SUPPORTED, lambda: w.pager.supply_pages(w.pv, 0, P, w.pv, 0))
+    expect(w, Status.ERR_BAD_STATE, lambda: w.pager.supply_pages(w.pv, 0, P, w.pv, 0))
 
 
 def test_supply_with_a_pinned_page_elsewhere_in_aux_is_fine(world: Callable[[], World]) -> None:

@@ -66,8 +66,11 @@ ABSENT = -2
 NO_SUPPLY_ZERO = 1 << 62
 # Pages handled per step by range operations that build per-page lists.
 COMMIT_CHUNK = 4096
-# The longest page request sent to a source (Zircon batches requests likewise).
+# The longest READ request sent to a source (see the README on request sizes).
 MAX_REQUEST_PAGES = 4096
+# The most pages one lookup covers, and so the longest DIRTY request (seed:
+# ``LookupInfo::kMaxPages``, the cap callers put on ``max_out_pages``).
+LOOKUP_MAX_PAGES = 16
 # The most pages one supply may carry: each becomes a page-list slot (a frame or a marker).
 MAX_SUPPLY_PAGES = 1 << 24
 
@@ -279,7 +282,19 @@ class CowPages:
             self.pmm.free(frames)
             self.hier.generation += 1
 
+    # Frames an operation allocated up front for this node to draw from (seed: the
+    # ``alloc_list`` that CommitRangeLocked fills and AllocateCopyPage takes from first).
+    alloc_list: list[int] | None = None
+
     def _alloc_locked(self, count: int, *, zero: bool) -> list[int]:
+        pool = self.alloc_list
+        if pool and count <= len(pool):
+            frames = pool[len(pool) - count:]
+            del pool[len(pool) - count:]
+            if zero:
+                for f in frames:
+                    self.pmm.zero_frame(f)
+            return frames
         return self.pmm.alloc(count, zero=zero)
 
     # ---------------------------------------------------------------- mappings
@@ -518,7 +533,8 @@ class CowPages:
                 src = self.page_source
                 assert src is not None
                 if src.traps_dirty:
-                    self._prepare_for_write_locked(off, want)
+                    # COMMIT and pins look up one page at a time (seed: max_out_pages 1).
+                    self._prepare_for_write_locked(off, want if dirty else 1)
                     raise AssertionError("a trapped dirty transition must raise NeedPages")
             if frame == ZERO_FRAME:
                 # A frame never handed out is zero already: skip the copy (a write fault of a
@@ -768,21 +784,42 @@ class CowPages:
     # ---------------------------------------------------------------- commit / decommit / zero
 
     def commit_range_locked(self, start: int, end: int) -> None:
+        """Give this VMO a page of its own at every offset of ``[start, end)`` (seed:
+        ``CommitRangeLocked``).
+
+        In a hierarchy without a page source, the pages needed (one per offset that holds no
+        page here) are counted and allocated before anything changes, so a commit that cannot
+        fit fails with ``ERR_NO_MEMORY`` and commits nothing; the lookups then take their pages
+        from that list and the unused ones are freed. A hierarchy with a page source allocates
+        as it goes, as the seed does (the source may take the lock away while it supplies).
+        """
         if self.is_slice:
             parent, poff = self.slice_parent()
             parent.commit_range_locked(start + poff, end + poff)
             return
         self._check_readable_locked()
-        if self.parent is None and self.page_source is None:
-            # Like Zircon, find out up front whether the arena can hold the whole range, so a
-            # commit that cannot succeed changes nothing; then commit in bounded chunks.
+        if self.root_page_source() is None:
             missing = (end - start) - self.page_list.count_pages(start, end)
+            if missing == 0:
+                return
             free = self.pmm.free_frames
             if missing > free:
                 raise ZxError(Status.ERR_NO_MEMORY,
                               f"COMMIT needs {missing} pages, {free} are free")
-            for chunk in range(start, end, COMMIT_CHUNK):
-                self._writable_frames_locked(chunk, min(end, chunk + COMMIT_CHUNK))
+            if self.parent is None:
+                # An anonymous root fills its own slots, chunk by chunk, from the allocator
+                # (`_writable_frames_locked` allocates each chunk whole, all or nothing).
+                for chunk in range(start, end, COMMIT_CHUNK):
+                    self._writable_frames_locked(chunk, min(end, chunk + COMMIT_CHUNK))
+                return
+            self.alloc_list = self.pmm.alloc(missing, zero=False)
+            try:
+                for off in range(start, end):
+                    if self.page_list.get(off) <= 0:
+                        self.lookup_for_write_locked(off, end - off, dirty=False)
+            finally:
+                pool, self.alloc_list = self.alloc_list, None
+                self.pmm.free(pool)
             return
         for off in range(start, end):
             if self.page_list.get(off) <= 0:
@@ -825,7 +862,8 @@ class CowPages:
             parent, poff = self.slice_parent()
             parent.zero_bytes_locked(offset + poff * PAGE_SIZE, length)
             return
-        self._check_readable_locked()
+        # No discarded check, as in the seed: a discarded VMO holds no page, so zeroing it
+        # changes nothing and it stays discarded.
         if length == 0:
             return
         end = offset + length
@@ -883,7 +921,6 @@ class CowPages:
             parent, poff = self.slice_parent()
             parent.zero_pages_locked(start + poff, end + poff)
             return
-        self._check_readable_locked()
         if end <= start:
             return
         if self.parent is None and not self.is_source_preserving() and not self.pinned_pages:
@@ -1146,10 +1183,8 @@ class CowPages:
     def close_locked(self) -> None:
         """The VMO handle of this node is gone: leave the tree if nothing depends on us."""
         self.paged_ref = None
-        if self.page_source is not None and self.children:
-            # Children keep the node, but nobody can supply it any more (the pager answers
-            # through the handle that just closed): its later requests fail.
-            self.page_source.on_handle_closed(self)
+        # A page source stays open while children keep the node: it closes with the node, in
+        # `_destroy_locked` (seed: the root's ``fbl_recycle`` after its last child).
         node: CowPages | None = self
         while node is not None and node.paged_ref is None and not node.children \
                 and not node.hidden:
@@ -1458,14 +1493,18 @@ class CowPages:
     # ---------------------------------------------------------------- pinning
 
     def pin_locked(self, start: int, end: int, writable: bool) -> list[int]:
+        """Commit ``[start, end)`` and pin its pages (seed: ``CommitRangeLocked`` then
+        ``PinRangeLocked``, as ``VmObjectPaged::CommitRangeInternal`` does with ``pin``).
+
+        A commit that cannot fit fails before anything changes; a pin count overflow pins
+        nothing.
+        """
         if self.is_slice:
             parent, poff = self.slice_parent()
             return parent.pin_locked(start + poff, end + poff, writable)
-        self._check_readable_locked()
-        # Commit first (a pin needs pages this node owns); only then pin, so a failure part-way
-        # leaves nothing pinned.
-        frames = [self.lookup_for_write_locked(off, end - off, dirty=False)
-                  for off in range(start, end)]
+        self.commit_range_locked(start, end)
+        frames = self.page_list.dense(start, end)
+        assert min(frames) > 0, "a committed range holds a page at every offset"
         pmm = self.pmm
         for f in frames:
             if pmm.pin_count[f] == 0xFFFF:
@@ -1542,7 +1581,9 @@ class CowPages:
         """
         src = self.page_source
         assert src is not None and self.is_source_preserving()
-        end = min(start + count, self.size)
+        # One lookup covers at most LOOKUP_MAX_PAGES pages: a longer write asks again for the
+        # rest once these are Dirty, so a pager sees DIRTY requests of at most that many.
+        end = min(start + min(count, LOOKUP_MAX_PAGES), self.size)
         pmm = self.pmm
         if not src.traps_dirty:
             n = 0
@@ -1678,47 +1719,34 @@ class CowPages:
         return rejected
 
     def take_pages_locked(self, start: int, end: int) -> list[int]:
-        """Remove ``[start, end)`` from this anonymous VMO for a supply: frames it owns (forked
-        first if shared), MARKER where it shows zeros. The VMO reads zeros there afterwards.
+        """Remove ``[start, end)`` from this anonymous root for a supply: the frames it holds,
+        MARKER where it holds none. The VMO reads zeros there afterwards.
+
+        Seed: ``TakePagesLocked``. Only a VMO that owns all of its content and shares none of
+        it can give pages away: pinned pages, a parent (a clone, a slice, or a VMO with a
+        snapshot child, whose node then sits below a hidden parent), a page source, or any
+        child (a slice or at-least-on-write child) is ``ERR_BAD_STATE``.
         """
-        assert not self.is_slice and self.page_source is None
         self._check_readable_locked()
         if end - start > MAX_SUPPLY_PAGES:
             raise ZxError(Status.ERR_NO_MEMORY,
                           f"a supply of {end - start} pages is more than the page lists can "
                           f"track at once ({MAX_SUPPLY_PAGES} pages)")
         self._check_not_pinned_locked(start, end)
-        out: list[int] = []
-        pmm = self.pmm
-        if self.parent is None:
-            # A root: its own slots are the whole story. Take them in one sweep.
-            self.range_change_locked(start, end, RangeChangeOp.UNMAP)
-            dense = self.page_list.take_dense(start, end)
-            pmm.unown_many(dense if min(dense) > 0 else [v for v in dense if v > 0])
-            self.hier.generation += 1
-            return [v if v > 0 else MARKER for v in dense]
-        frames, _ = self.resolve_range(start, end)
-        for i, f in enumerate(frames):
-            off = start + i
-            if f == ZERO_FRAME:
-                out.append(MARKER)
-                continue
-            owned = self.lookup_for_write_locked(off)
-            out.append(owned)
+        if self.is_slice:
+            raise ZxError(Status.ERR_BAD_STATE, "aux_vmo is a slice")
+        if self.parent is not None:
+            raise ZxError(Status.ERR_BAD_STATE,
+                          "aux_vmo is a clone or has a snapshot child: its pages are shared")
+        if self.page_source is not None:
+            raise ZxError(Status.ERR_BAD_STATE, "aux_vmo is pager-backed")
+        if self.children:
+            raise ZxError(Status.ERR_BAD_STATE, "aux_vmo has children")
         self.range_change_locked(start, end, RangeChangeOp.UNMAP)
-        for i, v in enumerate(out):
-            off = start + i
-            if v > 0:
-                self.page_list.remove(off)
-                pmm.set_queue(v, PageQueue.NONE)
-                pmm.owner[v] = None
-                pmm.state[v] = FrameState.ALLOC
-                pmm.split[v] = 0
-            if self.parent is not None and off < self.parent_limit:
-                # Keep showing zeros rather than what the parent has here.
-                self.page_list.set(off, MARKER)
+        dense = self.page_list.take_dense(start, end)
+        self.pmm.unown_many(dense if min(dense) > 0 else [v for v in dense if v > 0])
         self.hier.generation += 1
-        return out
+        return [v if v > 0 else MARKER for v in dense]
 
     def dirty_pages_locked(self, start: int, end: int) -> None:
         """Acknowledge a DIRTY request (seed: ``DirtyPagesLocked``)."""

@@ -185,6 +185,10 @@ class Vmo:
                               f"size {size:#x} at offset {cow.root_parent_offset * PAGE_SIZE:#x} "
                               "of the root overflows")
             cow.resize_locked(size // PAGE_SIZE)
+            if cow.is_source_preserving():
+                # Any successful resize counts as a modification for the pager's stats (Zircon's
+                # VmObjectPaged::Resize marks the VMO modified), even to the same size.
+                cow.modified = True
             for m in list(self.mappings):
                 m._on_vmo_resized()
 
@@ -214,10 +218,14 @@ class Vmo:
                 length = min(size, vsize - offset)
                 if length == 0:
                     return None
+                # Zircon asks whether an absent page reads zero before it checks alignment.
                 target = cow.slice_parent()[0] if cow.is_slice else cow
                 if target.parent is not None:
                     raise ZxError(Status.ERR_NOT_SUPPORTED,
                                   "DECOMMIT is not supported on a (non-slice) child VMO")
+                if target.is_source_preserving():
+                    raise ZxError(Status.ERR_NOT_SUPPORTED,
+                                  "DECOMMIT is not supported on a pager-backed VMO")
                 if offset % PAGE_SIZE or length % PAGE_SIZE:
                     raise ZxError(Status.ERR_INVALID_ARGS,
                                   f"DECOMMIT range [{offset:#x}, +{length:#x}) is not page aligned")

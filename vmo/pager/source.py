@@ -50,8 +50,6 @@ class PageSource(Protocol):
 
     def on_resize(self, node: CowPages, start: int, end: int) -> None: ...
 
-    def on_handle_closed(self, node: CowPages) -> None: ...
-
     def on_close(self, node: CowPages) -> None: ...
 
     def register_locked(self, need: NeedPages) -> Request: ...
@@ -93,7 +91,6 @@ class RequestTracker:
         self.outstanding: list[Request] = []
         self.detached = False
         self.closed = False
-        self.orphaned = False  # the handle closed while children still need the content
         # Counters, for `metrics`-style reporting.
         self.requests_made = 0
         self.requests_joined = 0
@@ -108,9 +105,6 @@ class RequestTracker:
             if self.detached or self.closed:
                 raise ZxError(Status.ERR_BAD_STATE,
                               "the VMO's pager was detached; its content is gone")
-            if self.orphaned:
-                raise ZxError(Status.ERR_BAD_STATE,
-                              "the pager-backed VMO was closed; its pager cannot supply pages")
             for req in self.outstanding:
                 if (req.command == command and req.node is need.node
                         and req.offset <= need.offset < req.offset + req.length):
@@ -178,10 +172,6 @@ class RequestTracker:
 
     def on_close(self, node: CowPages) -> None:
         self.closed = True
-        self.cancel_all(node, Status.ERR_BAD_STATE)
-
-    def on_handle_closed(self, node: CowPages) -> None:
-        self.orphaned = True
         self.cancel_all(node, Status.ERR_BAD_STATE)
 
     # -- waiting (no hierarchy lock held) -------------------------------------------------------

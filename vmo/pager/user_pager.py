@@ -111,10 +111,6 @@ class UserPagerSource(RequestTracker):
         super().on_close(node)
         self.pager._vmo_gone(self)
 
-    def on_handle_closed(self, node: CowPages) -> None:
-        super().on_handle_closed(node)
-        self.pager._vmo_gone(self)
-
 
 class Pager:
     """A user pager. Create with `vmo.Kernel.pager_create`."""
@@ -144,12 +140,28 @@ class Pager:
     def _source_of(self, vmo: Any, name: str = "vmo") -> tuple[UserPagerSource, CowPages]:
         if not isinstance(vmo, Vmo):
             raise ZxError(Status.ERR_WRONG_TYPE, f"{name} must be a Vmo, not {type(vmo).__name__}")
-        vmo._check_open()
         node = vmo.cow
         src = node.page_source
         if not isinstance(src, UserPagerSource) or src.pager is not self:
+            vmo._check_open()
             raise ZxError(Status.ERR_INVALID_ARGS, f"{name} koid {vmo.koid} is not a VMO of this pager")
+        self._check_served(vmo, src)
         return src, node
+
+    def _check_served(self, vmo: Vmo, src: UserPagerSource) -> None:
+        """The pager's reference to a VMO it serves is valid while the VMO's node lives.
+
+        A user closing a pager-backed VMO closes their handle (every `Vmo` call on it is then
+        ``ERR_BAD_HANDLE``), but at-least-on-write children keep the node and its page source
+        open (Zircon closes the source when the root goes, after its last child). Their faults
+        still reach the pager as READ requests carrying that `Vmo`, and the pager answers with
+        it, as a Zircon pager answers through the handle it holds. Once the node is gone (the
+        pager got COMPLETE), the reference is ``ERR_BAD_HANDLE`` for the pager too.
+        """
+        if self._kernel.closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, "the kernel is closed")
+        if vmo.closed and src.closed:
+            raise ZxError(Status.ERR_BAD_HANDLE, f"VMO koid {vmo.koid} is closed")
 
     def _range(self, vmo: Vmo, offset: Any, length: Any) -> tuple[int, int]:
         offset = _args.u64("offset", offset)
@@ -241,10 +253,6 @@ class Pager:
         aux_offset = _args.u64("aux_offset", aux_offset)
         _args.aligned("aux_offset", aux_offset)
         _args.in_range("aux range", aux_offset, length, aux_vmo.get_size())
-        if aux_vmo.cow.is_pager_backed():
-            raise ZxError(Status.ERR_NOT_SUPPORTED, "aux_vmo must not be pager-backed")
-        if aux_vmo.cow.is_slice:
-            raise ZxError(Status.ERR_NOT_SUPPORTED, "aux_vmo must not be a slice")
         if not aux_vmo.writable:
             raise ZxError(Status.ERR_ACCESS_DENIED, "aux_vmo must be writable")
         if src.detached:
@@ -253,7 +261,9 @@ class Pager:
             return
         a_start = aux_offset // PAGE_SIZE
         # Take the pages out of aux under its lock, then supply under the target's: never both
-        # locks at once (two supplies in opposite directions must not deadlock).
+        # locks at once (two supplies in opposite directions must not deadlock). An aux VMO
+        # that is a clone, a slice, pager-backed or has children is ERR_BAD_STATE, decided
+        # under its lock (`CowPages.take_pages_locked`).
         with aux_vmo._hier.lock:
             aux_vmo._check_open()
             slots = aux_vmo.cow.take_pages_locked(a_start, a_start + (end - start))
@@ -266,7 +276,7 @@ class Pager:
         pmm = self._kernel.pmm
         try:
             with pager_vmo._hier.lock:
-                pager_vmo._check_open()
+                self._check_served(pager_vmo, src)
                 if src.detached:
                     raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
                 if node.size < end:
@@ -306,7 +316,7 @@ class Pager:
                           f"a supply of {end - start} pages is more than the page lists can "
                           f"track at once ({MAX_SUPPLY_PAGES} pages)")
         with pager_vmo._hier.lock:
-            pager_vmo._check_open()
+            self._check_served(pager_vmo, src)
             if src.detached:
                 raise ZxError(Status.ERR_BAD_STATE, "pager_vmo was detached")
             runs = _absent_runs(node, start, end)
@@ -343,7 +353,7 @@ class Pager:
         if isinstance(data, bool) or not isinstance(data, int):
             raise ZxError(Status.ERR_INVALID_ARGS, f"data must be an int, not {type(data).__name__}")
         with vmo._hier.lock:
-            vmo._check_open()
+            self._check_served(vmo, src)
             start, end = self._range(vmo, offset, length)
             if op == PagerOp.FAIL:
                 try:
@@ -376,7 +386,7 @@ class Pager:
         self._check_open()
         src, node = self._source_of(vmo)
         with vmo._hier.lock:
-            vmo._check_open()
+            self._check_served(vmo, src)
             start, end = self._range(vmo, offset, length)
             return [DirtyRange(o * PAGE_SIZE, n * PAGE_SIZE,
                                DirtyRangeOptions.IS_ZERO if z else DirtyRangeOptions(0))
@@ -389,7 +399,7 @@ class Pager:
             raise ZxError(Status.ERR_INVALID_ARGS, "reset must be a bool")
         src, node = self._source_of(vmo)
         with vmo._hier.lock:
-            vmo._check_open()
+            self._check_served(vmo, src)
             stats = PagerVmoStats(modified=node.modified)
             if reset:
                 node.modified = False
@@ -401,7 +411,7 @@ class Pager:
         self._check_open()
         src, node = self._source_of(vmo)
         with vmo._hier.lock:
-            vmo._check_open()
+            self._check_served(vmo, src)
             if src.detached:
                 return
             src.detached = True
@@ -433,7 +443,7 @@ class Pager:
             raise ZxError(Status.ERR_BAD_HANDLE, "the pager is already closed")
         for src in list(self._sources):
             vmo = src.vmo
-            if vmo is not None and not vmo.closed:
+            if vmo is not None and not src.closed:
                 with contextlib.suppress(ZxError):
                     self.detach_vmo(vmo)
         with self._lock:

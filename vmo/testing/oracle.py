@@ -408,8 +408,8 @@ class Oracle:
                 return bad, None
             self._note_committed(v, first, end)
         elif op == "ZERO":
-            if bad := self._readable(v):
-                return bad, None
+            # Nothing checks the discarded state (seed: ZeroPagesLocked): a discarded VMO holds
+            # no pages and stays discarded.
             v.write_bytes(offset, bytes(size))
             if t.discardable:
                 # Partial pages keep their state: a committed one is zeroed in place, an
