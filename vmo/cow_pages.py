@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vmo.errors import Status, ZxError
-from vmo.page_list import EMPTY, MARKER, PageList
+from vmo.page_list import EMPTY, MARKER, NODE_MASK, NODE_SHIFT, PageList
 from vmo.pmm import (
     PAGE_SIZE,
     SPLIT_LEFT,
@@ -402,9 +402,12 @@ class CowPages:
             if p_off >= parent.size:
                 break
             cur, cur_off = parent, p_off
-            v = cur.page_list.get(cur_off)
-            if v != EMPTY:
-                return cur, cur_off, v
+            # The slot, looked up inline: this loop runs once per level of the tree.
+            node = cur.page_list._nodes.get(cur_off >> NODE_SHIFT)
+            if node is not None:
+                v = node[cur_off & NODE_MASK]
+                if v != EMPTY:
+                    return cur, cur_off, v
         return cur, cur_off, EMPTY
 
     def resolve_range(self, start: int, end: int) -> tuple[list[int], list[int]]:
@@ -415,6 +418,15 @@ class CowPages:
         root offsets of the ABSENT pages. Walks the ancestors level by level over the whole
         range at once, so a deep chain costs one pass per level, not one walk per page.
         """
+        if end - start == 1:
+            # One page (a fault, a small read): walk up slot by slot, no lists per level.
+            v = self.page_list.get(start)
+            if v == EMPTY:
+                owner, owner_off, v = self.find_initial_content_locked(start)
+                if (v == EMPTY and owner.parent is None and owner.is_source_preserving()
+                        and owner_off < owner.supply_zero_offset):
+                    return [ABSENT], [owner_off]
+            return [v if v > 0 else ZERO_FRAME], []
         out = self.page_list.dense(start, end)
         if EMPTY not in out:
             # Every page is here (the common case once content is loaded): one C-level scan

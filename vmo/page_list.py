@@ -27,6 +27,11 @@ from collections.abc import Iterator
 NODE_PAGES = 16
 _SHIFT = 4
 _MASK = NODE_PAGES - 1
+#: For loops that look up one slot per level of a deep tree, where a method call per level is
+#: the cost (`CowPages.find_initial_content_locked`): ``page_list._nodes.get(off >>
+#: NODE_SHIFT)``, then ``node[off & NODE_MASK]``.
+NODE_SHIFT = _SHIFT
+NODE_MASK = _MASK
 EMPTY = 0
 MARKER = -1
 

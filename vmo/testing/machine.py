@@ -521,6 +521,22 @@ class VmoStateMachine(RuleBasedStateMachine):
             self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
         self.lock_op(d, "UNLOCK", True, 0)
 
+    @rule(first=discardables, second=discardables, target_pages=st.sampled_from([1, 2]),
+          seed=vs.seeds)
+    def reclaim_order(self, first: OVmo, second: OVmo, target_pages: int, seed: int) -> None:
+        """Unlock two discardable VMOs in a known order, each holding a page, then reclaim a
+        page or two: the older unlock goes first (the seed's reclaim list is in unlock order),
+        which only a small reclaim with two candidates can show."""
+        if first is second:
+            return
+        for d in (first, second):
+            self.lock_op(d, "LOCK", True, 0)
+            if d.size:
+                self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
+        self.lock_op(first, "UNLOCK", True, 0)
+        self.lock_op(second, "UNLOCK", True, 0)
+        self.kernel_op(target_pages)
+
     @rule(target_pages=st.sampled_from([1, 2, 1 << 20]),
           min_age=st.sampled_from([0.0, 0.0, 3600.0]))
     def reclaim_aged(self, target_pages: int, min_age: float) -> None:
