@@ -257,10 +257,10 @@ class PageHandler:
             if self.read_below is not None:
                 clean = [(o, f) for o, f in batch if dirty[f] == DirtyState.CLEAN]
                 if clean:
+                    batch = [(o, f) for o, f in batch if dirty[f] != DirtyState.CLEAN]
                     self._evict_locked(node, clean)
                     self.count(dropped_clean_pages=len(clean))
                     moved += len(clean)
-                    batch = [(o, f) for o, f in batch if dirty[f] != DirtyState.CLEAN]
                 if not batch:
                     continue
             for run_start, frames in _offset_runs(batch):
