@@ -56,6 +56,7 @@ class SwapFile:
             os.close(self.fd)
             raise
         self.present = PresentList(num_pages)
+        self.prefetched_end = 0  # pages below this were advised to the page cache already
 
     @property
     def num_pages(self) -> int:
@@ -118,11 +119,14 @@ class SwapFile:
         if end > start:
             os.posix_fadvise(self.fd, start * PAGE_SIZE, (end - start) * PAGE_SIZE,
                              os.POSIX_FADV_WILLNEED)
+            # Advice already given is not repeated on the next step of the same swap-in.
+            self.prefetched_end = max(self.prefetched_end, end)
 
     def erase_all(self) -> None:
         """Every page is back in memory: give the disk back (crosvm truncates the file when
         swap-in completes)."""
         self.present.clear_range(0, self.num_pages)
+        self.prefetched_end = 0
         os.ftruncate(self.fd, 0)
         os.ftruncate(self.fd, self.num_pages * PAGE_SIZE)
 

@@ -13,7 +13,7 @@ import errno
 import os
 from collections.abc import Sequence
 
-from vmo.pmm import PAGE_SIZE, PhysicalMemory
+from vmo.pmm import PAGE_SIZE, PhysicalMemory, consecutive
 
 #: Most iovecs one ``pwritev`` accepts (Linux's UIO_MAXIOV).
 IOV_MAX = 1024
@@ -24,6 +24,8 @@ def frame_runs(frames: Sequence[int]) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     if not frames:
         return runs
+    if consecutive(frames):
+        return [(frames[0], len(frames))]  # the usual case, checked at C speed
     first = prev = frames[0]
     for f in frames[1:]:
         if f == prev + 1:

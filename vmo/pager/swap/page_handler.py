@@ -49,7 +49,7 @@ from vmo.pager.swap.frame_io import frame_runs
 from vmo.pager.swap.region import Region
 from vmo.pager.swap.state import COUNTERS
 from vmo.pager.uffd import fallocate_punch_hole
-from vmo.pmm import PAGE_SIZE, DirtyState, PageQueue
+from vmo.pmm import PAGE_SIZE, DirtyState, PageQueue, PhysicalMemory
 
 if TYPE_CHECKING:
     from vmo.cow_pages import CowPages
@@ -133,7 +133,12 @@ class PageHandler:
             gone = set(rejected)
             placed = [f for f in placed if f not in gone]
         if dirty and placed:
-            pmm.set_dirty_many(placed, DirtyState.DIRTY, PageQueue.PAGER_BACKED_DIRTY)
+            # Run by run: the frame table moves a run of consecutive frames as column slices.
+            i = 0
+            for _, n in frame_runs(placed):
+                pmm.set_dirty_many(placed[i:i + n], DirtyState.DIRTY,
+                                   PageQueue.PAGER_BACKED_DIRTY)
+                i += n
         return len(slots) - len(rejected)
 
     def _alloc_locked(self, node: CowPages, count: int) -> list[int]:
@@ -238,51 +243,47 @@ class PageHandler:
         node = region.node
         claim_tail_locked(node)
         pmm = node.pmm
-        pin = pmm.pin_count
-        dirty = pmm.dirty
-        pages = list(node.page_list.pages(0, node.size))
-        if node.pinned_pages:
-            pages = [(o, f) for o, f in pages if not pin[f]]
-        if not pages:
+        runs = _resident_runs(node)
+        if not runs:
             return 0
         staging = region.staging_locked()
         moved = 0
-        for i in range(0, len(pages), MOVE_BATCH_PAGES):
-            batch = pages[i:i + MOVE_BATCH_PAGES]
+        for batch in _batches(runs, MOVE_BATCH_PAGES):
             # Recall checked-out mapping copies into the frames and drop every mapped copy:
             # from here on a store faults, and its fault waits for the lock we hold.
-            node.range_change_locked(batch[0][0], batch[-1][0] + 1, RangeChangeOp.UNMAP)
+            last_start, last_frames = batch[-1]
+            node.range_change_locked(batch[0][0], last_start + len(last_frames),
+                                     RangeChangeOp.UNMAP)
             if pmm.coherence is not None:
-                pmm.coherence.before_read([f for _, f in batch])
+                pmm.coherence.before_read([f for _, frames in batch for f in frames])
             if self.read_below is not None:
-                clean = [(o, f) for o, f in batch if dirty[f] == DirtyState.CLEAN]
+                clean, batch = _split_clean(pmm, batch)
                 if clean:
-                    batch = [(o, f) for o, f in batch if dirty[f] != DirtyState.CLEAN]
-                    self._evict_locked(node, clean)
-                    self.count(dropped_clean_pages=len(clean))
-                    moved += len(clean)
-                if not batch:
-                    continue
-            for run_start, frames in _offset_runs(batch):
-                staging.copy_from_frames(pmm, run_start, frames)
-            self._evict_locked(node, batch)
-            moved += len(batch)
+                    dropped = self._evict_locked(node, clean)
+                    self.count(dropped_clean_pages=dropped)
+                    moved += dropped
+            for start, frames in batch:
+                staging.copy_from_frames(pmm, start, frames)
+            moved += self._evict_locked(node, batch)
         node.hier.generation += 1
         return moved
 
     @staticmethod
-    def _evict_locked(node: CowPages, pages: list[tuple[int, int]]) -> None:
-        """Take ``pages`` out of the node's page list and give their frames back to the arena
-        and to the host."""
+    def _evict_locked(node: CowPages, runs: list[tuple[int, list[int]]]) -> int:
+        """Take the runs of frames out of the node's page list and give their frames back to
+        the arena and to the host. Returns the pages removed."""
         pmm = node.pmm
-        remove = node.page_list.remove
-        for off, _ in pages:
-            remove(off)
-        frames = sorted(f for _, f in pages)
+        frames: list[int] = []
+        for start, run in runs:
+            removed = node.page_list.clear_range(start, start + len(run))
+            assert removed == run, "the page list changed under the hierarchy lock"
+            frames += run
+        frames.sort()
         for first, count in frame_runs(frames):
             fallocate_punch_hole(pmm.fd, first * PAGE_SIZE, count * PAGE_SIZE)
         pmm.free(frames)
         node.eviction_events += len(frames)
+        return len(frames)
 
     def swap_out_locked(self, region: Region, max_pages: int) -> int:
         """Write the first run of at most ``max_pages`` staged pages to the swap file and drop
@@ -325,7 +326,7 @@ class PageHandler:
         # Read ahead: the runs after this one, up to the prefetch budget, start loading into
         # the page cache while this one is copied.
         budget = PREFETCH_BYTES // PAGE_SIZE
-        for s, e in file.present.runs(end):
+        for s, e in file.present.runs(max(end, file.prefetched_end)):
             if budget <= 0:
                 break
             e = min(e, s + budget)
@@ -397,17 +398,67 @@ class PageHandler:
         return len(zero) + len(clean)
 
 
-def _offset_runs(pages: list[tuple[int, int]]) -> list[tuple[int, list[int]]]:
-    """``(first_offset, frames)`` for each run of consecutive offsets of ``pages``."""
+def _resident_runs(node: CowPages) -> list[tuple[int, list[int]]]:
+    """``(first_offset, frames)`` for each run of consecutive offsets of the node that hold
+    unpinned frames (zero markers and pinned pages split runs and stay)."""
+    pin = node.pmm.pin_count if node.pinned_pages else None
     runs: list[tuple[int, list[int]]] = []
-    prev = -2
-    for off, f in pages:
-        if off == prev + 1:
-            runs[-1][1].append(f)
-        else:
-            runs.append((off, [f]))
-        prev = off
+    for seg_start, slots in node.page_list.segments(0, node.size):
+        if pin is None and min(slots) > 0:
+            runs.append((seg_start, slots.tolist()))  # the usual case: one C-level copy
+            continue
+        cur: list[int] = []
+        cur_start = 0
+        for i, f in enumerate(slots):
+            if f > 0 and (pin is None or not pin[f]):
+                if not cur:
+                    cur_start = seg_start + i
+                cur.append(f)
+            elif cur:
+                runs.append((cur_start, cur))
+                cur = []
+        if cur:
+            runs.append((cur_start, cur))
     return runs
+
+
+def _batches(runs: list[tuple[int, list[int]]], size: int
+             ) -> list[list[tuple[int, list[int]]]]:
+    """The runs cut into batches of at most ``size`` pages (a run may be split)."""
+    out: list[list[tuple[int, list[int]]]] = []
+    batch: list[tuple[int, list[int]]] = []
+    room = size
+    for start, frames in runs:
+        i = 0
+        while i < len(frames):
+            take = min(room, len(frames) - i)
+            batch.append((start + i, frames[i:i + take]))
+            i += take
+            room -= take
+            if room == 0:
+                out.append(batch)
+                batch, room = [], size
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _split_clean(pmm: PhysicalMemory, runs: list[tuple[int, list[int]]]
+                 ) -> tuple[list[tuple[int, list[int]]], list[tuple[int, list[int]]]]:
+    """The runs split into runs of Clean frames and runs of the others."""
+    dirty = pmm.dirty
+    clean: list[tuple[int, list[int]]] = []
+    other: list[tuple[int, list[int]]] = []
+    for start, frames in runs:
+        i = 0
+        while i < len(frames):
+            is_clean = dirty[frames[i]] == DirtyState.CLEAN
+            j = i + 1
+            while j < len(frames) and (dirty[frames[j]] == DirtyState.CLEAN) == is_clean:
+                j += 1
+            (clean if is_clean else other).append((start + i, frames[i:j]))
+            i = j
+    return clean, other
 
 
 def _index_runs(idxs: list[int]) -> list[tuple[int, int]]:

@@ -11,8 +11,9 @@ machinery does the work crosvm gets from userfaultfd on guest memory:
   the VMO behaves as anonymous memory whose pages may live elsewhere.
 - `move_to_staging` copies resident pages to the staging memfd and frees their frames, which
   are also punched out of the arena memfd so the host gets the memory back (``st_blocks`` of
-  the arena drops). It holds the VMO's hierarchy lock per batch: mapped copies are recalled
-  first, and a store that comes meanwhile faults and waits, so no store is lost.
+  the arena drops). It holds the VMO's hierarchy lock while it moves that VMO (crosvm freezes
+  the guest), in batches of 2 MiB: mapped copies are recalled first, and a store that comes
+  meanwhile faults and waits, so no store is lost.
 - `swap_out` writes staged pages to the swap file; `swap_in` brings everything back eagerly;
   `trim` drops staged pages that are zero or unchanged since they were last swapped out.
 - DECOMMIT, ZERO, shrink and close drop the staged and swapped copies of those pages
