@@ -681,3 +681,21 @@ def test_workload_sigkilled_during_swap_in(k: Kernel, swap: SwapSource) -> None:
     assert v.read(n * PS) == data
     wait_until(lambda: open_fds() <= before)
     mapping.validate(k)
+
+
+def test_close_without_memory_fails_what_cannot_come_back(k: Kernel) -> None:
+    s = SwapSource(k)
+    v = s.create_vmo(64 * PS)
+    data = fill(v, range(64))
+    s.move_to_staging()
+    s.swap_out(32 * PS)
+    v.read(PS, 40 * PS)  # one staged page back: resident
+    hog = k.vmo_create(k.pmm.free_frames * PS)
+    hog.op_range(VmoOp.COMMIT, 0, hog.get_size())
+    s.close()  # the pages cannot come back: the VMO fails to read them, it does not show zeros
+    assert v.read(PS, 40 * PS) == data[40 * PS:41 * PS]
+    with pytest.raises(ZxError) as e:
+        v.read(PS, 0)
+    assert e.value.status == Status.ERR_BAD_STATE
+    hog.close()
+    v.close()
