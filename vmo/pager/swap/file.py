@@ -6,7 +6,8 @@ A `PresentList` says which pages the file holds *for the VMO now*: a page read b
 or by swap-in is marked absent but its bytes stay on disk (crosvm does the same), because the
 next trim can then find that a page staged again is unchanged (clean) and drop it from staging
 instead of writing it once more. Bytes are erased (a hole punched) only when the page itself is
-gone -- decommitted, zeroed, cut off by a shrink -- or when swap-in completes.
+gone -- decommitted, zeroed, cut off by a shrink -- or when swap-in completes (then the
+whole file goes, truncated in the background: `vmo.pager.swap.file_truncator`).
 
 The file is created unnamed (``O_TMPFILE``) in the swap directory where the filesystem allows
 it, else created and unlinked at once: either way no file is left behind, whatever happens to
@@ -121,14 +122,6 @@ class SwapFile:
                              os.POSIX_FADV_WILLNEED)
             # Advice already given is not repeated on the next step of the same swap-in.
             self.prefetched_end = max(self.prefetched_end, end)
-
-    def erase_all(self) -> None:
-        """Every page is back in memory: give the disk back (crosvm truncates the file when
-        swap-in completes)."""
-        self.present.clear_range(0, self.num_pages)
-        self.prefetched_end = 0
-        os.ftruncate(self.fd, 0)
-        os.ftruncate(self.fd, self.num_pages * PAGE_SIZE)
 
     def resize(self, num_pages: int) -> None:
         if num_pages < self.num_pages:

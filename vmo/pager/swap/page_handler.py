@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from vmo.cow_pages import RangeChangeOp
 from vmo.errors import Status, ZxError
 from vmo.page_list import EMPTY, MARKER
+from vmo.pager.swap.file_truncator import FileTruncator
 from vmo.pager.swap.frame_io import frame_runs
 from vmo.pager.swap.region import Region
 from vmo.pager.swap.state import COUNTERS
@@ -103,6 +104,7 @@ class PageHandler:
     def __init__(self) -> None:
         self._counters_lock = threading.Lock()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.truncator = FileTruncator()
         #: For stacking: reads the pages of the source below into frames, or None.
         self.read_below: Callable[[Region, int, list[int]], None] | None = None
 
@@ -338,7 +340,8 @@ class PageHandler:
         n = self._from_file_locked(region, start, end)
         self.count(swap_in_pages=n)
         if not file.present_pages:
-            file.erase_all()  # everything is back: give the disk back (crosvm truncates)
+            # Everything is back: give the disk back, off this path (crosvm's FileTruncator).
+            self.truncator.submit(region.retire_file_locked())
         return n
 
     # ---------------------------------------------------------------- trimming

@@ -45,6 +45,14 @@ class Region:
             self.file.resize(self.node.size)
         return self.file
 
+    def retire_file_locked(self) -> int:
+        """Let go of the swap file (it holds nothing the VMO needs); returns its descriptor,
+        now the caller's. The next swap-out creates a new file."""
+        assert self.file is not None
+        fd, self.file.fd = self.file.fd, -1
+        self.file = None
+        return fd
+
     def sync_size_locked(self) -> None:
         """Follow a resize of the node (shrinks already dropped their pages; see
         `PageHandler.remove_locked`)."""

@@ -538,6 +538,7 @@ class SwapSource:
                     region.close()
             with self._sources_lock:
                 self._sources = []
+            self.handler.truncator.close()
             if self._own_dir:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
