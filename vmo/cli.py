@@ -1039,14 +1039,14 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     return fuzz_command(args)
 
 
-# Every subcommand, in --help order: each adder declares a parser and sets ``func``.
-# - ``vmo bench`` (bench/bench_core.py): add ``_add_bench`` here.
 def _add_swap(sub: Any) -> None:
     from vmo.pager.swap.cli import add_parser
 
     add_parser(sub)
 
 
+# Every subcommand, in --help order: each adder declares a parser and sets ``func``.
+# - ``vmo bench`` (bench/bench_core.py): add ``_add_bench`` here.
 _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
     _add_fuzz,
