@@ -7,6 +7,8 @@ Subcommands:
   on a small in-process kernel, for students and teachers.
 - ``vmo fuzz``: a fuzz campaign of the oracle state machine with a live display, or
   (``--mutants``) the mutation check; the work is in `vmo.testing.console`.
+- ``vmo swap``: the swap experiment (a VMO moved out and faulted back by a workload); the work
+  is in `vmo.pager.swap.cli`.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its parser and sets
 ``func`` to a handler ``(args) -> int``; `_SUBCOMMANDS` lists them in ``--help`` order. To add
@@ -833,6 +835,47 @@ def step_mapping(demo: Demo) -> None:
         """)
 
 
+def step_swap(demo: Demo) -> None:
+    demo.say("""
+        A **swap source** (`vmo.pager.swap.SwapSource`, after crosvm's vmm-swap) backs VMOs
+        that behave as anonymous memory, but whose pages can be moved out of the arena:
+        `move_to_staging` copies them to a staging memfd and frees their frames (and gives the
+        memory back to the host), `swap_out` writes them to a swap file, and any later access
+        takes a page back from staging, else from the file, else zero-fills it.
+        """)
+    demo.run("""
+        from vmo.pager.swap import SwapSource
+        swap = SwapSource(k)
+        sv = swap.create_vmo(8 * PAGE_SIZE)
+        sv.name = "swapped"
+        sv.write(b"swap me " * 4096)
+        held = k.memory_stats().vmo_pages
+        swap.move_to_staging()
+        held - k.memory_stats().vmo_pages
+        swap.swap_out()
+        swap.status().state
+        sv.read(7, 3 * PAGE_SIZE)
+        metrics = swap.status().metrics
+        metrics.copied_from_file_pages, metrics.swap_pages, metrics.resident_pages
+        """)
+    metrics = demo["metrics"]
+    demo.expect(metrics.swap_pages == 7 and metrics.copied_from_file_pages == 1,
+                "7 pages out, 1 read back from the file")
+    demo.say("""
+        Reading page 3 brought it back from the swap file; the other seven are still out.
+        `swap_in` brings everything back eagerly, and the state says where the pages are
+        (`READY`: all in the arena). Closing the source keeps the VMO's content in the arena.
+        """)
+    demo.run("""
+        swap.swap_in()
+        swap.status().state
+        swap.close()
+        sv.read(7, 5 * PAGE_SIZE)
+        sv.close()
+        """)
+    demo.expect(demo["sv"].closed, "the swapped VMO is closed")
+
+
 def step_cleanup(demo: Demo) -> None:
     demo.say("Close the remaining VMOs: every frame goes back to the arena.")
     demo.run("""
@@ -864,6 +907,7 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("pager", "A user pager: supply, dirty, write back, evict", step_pager),
     DemoStep("mapping", "Map it: real page faults served through the VMO", step_mapping,
              available=_mapping_unavailable),
+    DemoStep("swap", "Swap: staging memory and a swap file under a VMO", step_swap),
     DemoStep("cleanup", "Close everything", step_cleanup),
 ]
 
@@ -1001,11 +1045,18 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     return fuzz_command(args)
 
 
+def _add_swap(sub: Any) -> None:
+    from vmo.pager.swap.cli import add_parser
+
+    add_parser(sub)
+
+
 # Every subcommand, in --help order: each adder declares a parser and sets ``func``.
 # - ``vmo bench`` (bench/bench_core.py): add ``_add_bench`` here.
 _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
     _add_fuzz,
+    _add_swap,
 ]
 
 

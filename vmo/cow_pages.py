@@ -41,7 +41,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vmo.errors import Status, ZxError
 from vmo.page_list import EMPTY, MARKER, NODE_MASK, NODE_SHIFT, PageList
@@ -58,7 +58,7 @@ from vmo.pmm import (
 )
 
 if TYPE_CHECKING:
-    from vmo.pager.source import PageSource
+    from vmo.pager.source import AnonymousPageSource, PageSource
 
 # A slot value returned by `resolve_range` where a page source must supply content.
 ABSENT = -2
@@ -845,13 +845,16 @@ class CowPages:
             parent, poff = self.slice_parent()
             parent.decommit_range_locked(start + poff, end + poff)
             return
-        if self.parent is not None or self.is_source_preserving():
+        anonymous = self.anonymous_source()
+        if self.parent is not None or (self.is_source_preserving() and anonymous is None):
             raise ZxError(Status.ERR_NOT_SUPPORTED,
                           "DECOMMIT is only supported on VMOs without a parent or pager")
         self._check_not_pinned_locked(start, end)
         self.range_change_locked(start, end, RangeChangeOp.UNMAP)
         freed = [v for _, v in self.page_list.take_range(start, end) if v > 0]
         self._free_frames_locked(freed)
+        if anonymous is not None:
+            anonymous.on_pages_removed(self, start, end)
 
     def _check_not_pinned_locked(self, start: int, end: int) -> None:
         if not self.pinned_pages:
@@ -935,7 +938,8 @@ class CowPages:
             return
         if end <= start:
             return
-        if self.parent is None and not self.is_source_preserving() and not self.pinned_pages:
+        if (self.parent is None and not self.pinned_pages
+                and (not self.is_source_preserving() or self.anonymous_source() is not None)):
             self.decommit_range_locked(start, end)
             return
         self.range_change_locked(start, end, RangeChangeOp.UNMAP)
@@ -1914,6 +1918,18 @@ class CowPages:
                 pmm.always_need[v] = 0
                 if pmm.queue[v] == PageQueue.PAGER_BACKED:
                     pmm.set_queue(v, PageQueue.PAGER_BACKED_INACTIVE)
+
+    # ---------------------------------------------------------------- anonymous page sources
+    # A page source that declares ``anonymous = True`` (the swap source, `vmo.pager.swap`)
+    # backs VMOs that behave as anonymous memory whose pages it can hold elsewhere: DECOMMIT
+    # and ZERO of whole pages free them as on an anonymous root, and the source is told
+    # (``on_pages_removed``) so that it drops its own copies (crosvm's handle_page_remove).
+
+    def anonymous_source(self) -> AnonymousPageSource | None:
+        src = self.page_source
+        if src is not None and getattr(src, "anonymous", False):
+            return cast("AnonymousPageSource", src)
+        return None
 
     def detach_source_locked(self) -> None:
         """Seed: ``DetachSourceLocked``: drop every page so that later accesses fail."""

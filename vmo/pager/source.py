@@ -57,6 +57,15 @@ class PageSource(Protocol):
     def wait(self, request: Request, timeout: float | None) -> None: ...
 
 
+class AnonymousPageSource(PageSource, Protocol):
+    """A source whose VMOs behave as anonymous memory (``anonymous = True``): DECOMMIT and ZERO
+    free their pages, and the source is told so that it drops its copies of them."""
+
+    anonymous: bool
+
+    def on_pages_removed(self, node: CowPages, start: int, end: int) -> None: ...
+
+
 @attrs.define(eq=False)
 class Request:
     """One outstanding request: ``[offset, offset + length)`` pages of ``node``."""
