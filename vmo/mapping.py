@@ -58,7 +58,7 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -167,6 +167,9 @@ class Mapping:
         # (see `MappingManager._write_fault_locked`); guarded by the hierarchy lock.
         self._keep = -1
         self._kept = False
+        # Called once, after the teardown, by whoever must hear of it (a workload tells its
+        # process to release the mapping there); never under a lock.
+        self._on_unmap: Callable[[Mapping], None] | None = None
 
     def __repr__(self) -> str:
         state = "unmapped" if self._dead else f"at {self._win.address:#x}"
@@ -1140,6 +1143,14 @@ class MappingManager:
         self.handler.remove(m._win.uffd_fd, then=lambda: self._close_window(m))
         if not m.remote:
             self._wait_for_users(m)
+        hook, m._on_unmap = m._on_unmap, None
+        if hook is not None:
+            try:
+                hook(m)
+            except Exception:  # noqa: BLE001 - the mapping is gone here whatever it says
+                import traceback
+
+                self.handler.errors.append(traceback.format_exc())
 
     def _close_window(self, m: Mapping) -> None:
         with m.vmo._hier.lock:

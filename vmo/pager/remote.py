@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import mmap
 import os
 import pickle
@@ -48,6 +49,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -184,7 +186,11 @@ class Workload:
         self._mgr = mgr
         self._mappings: dict[int, Mapping] = {}
         self._names: dict[str, Mapping] = {}
+        self._auto_names = itertools.count()
         self._lock = threading.RLock()
+        # Guards the two dicts: `_mapping_gone` runs on any thread (the fault handler's too),
+        # while `_lock` may be held by a thread waiting for the process.
+        self._maps_lock = threading.Lock()
         self._running = False
         self._closed = False
         self.exited = threading.Event()
@@ -229,7 +235,8 @@ class Workload:
     @property
     def mappings(self) -> dict[str, Mapping]:
         """The live mappings, by name."""
-        return {n: m for n, m in self._names.items() if not m.unmapped}
+        with self._maps_lock:
+            return {n: m for n, m in self._names.items() if not m.unmapped}
 
     # -- mapping ----------------------------------------------------------------------------
 
@@ -251,7 +258,10 @@ class Workload:
             raise ZxError(Status.ERR_INVALID_ARGS, "a workload's mapping needs READ permission")
         with self._lock:
             self._check_idle("map")
-            name = name if name is not None else f"m{len(self._names)}"
+            if name is None:
+                name = f"m{next(self._auto_names)}"
+                while name in self._names:
+                    name = f"m{next(self._auto_names)}"
             old = self._names.get(name)
             if old is not None and not old.unmapped:
                 raise ZxError(Status.ERR_ALREADY_EXISTS, f"a mapping named {name!r} exists")
@@ -280,9 +290,27 @@ class Workload:
                 with contextlib.suppress(OSError):
                     self._chan.send({"op": "unmap", "id": m._id})
                 raise
-            self._mappings[m._id] = m
-            self._names[name] = m
+            with self._maps_lock:
+                self._mappings[m._id] = m
+                self._names[name] = m
+            m._on_unmap = _weak_unmap_hook(self)
+            if m.unmapped:  # unmapped (the VMO closed) before the hook was set
+                self._mapping_gone(m)
             return m
+
+    def _mapping_gone(self, m: Mapping) -> None:
+        """`Mapping.unmap` (or the VMO's close, or the kernel's) took ``m`` away: forget its
+        name and tell the process to unmap it there, releasing its memory and its memfd (the
+        message is read after the running target, if any, returns). Any thread."""
+        with self._maps_lock:
+            if self._mappings.pop(m._id, None) is None:
+                return
+            for name, other in list(self._names.items()):
+                if other is m:
+                    del self._names[name]
+        if not self._closed and not self.exited.is_set():
+            with contextlib.suppress(OSError):
+                self._chan.send({"op": "unmap", "id": m._id})
 
     def _check_idle(self, what: str) -> None:
         if self._closed:
@@ -356,7 +384,9 @@ class Workload:
         self._teardown_mappings()
 
     def _teardown_mappings(self) -> None:
-        for m in list(self._mappings.values()):
+        with self._maps_lock:
+            maps = list(self._mappings.values())
+        for m in maps:
             try:
                 m._teardown()
             except Exception:  # noqa: BLE001 - keep going, the kernel must stay usable
@@ -396,6 +426,19 @@ class Workload:
         self.close()
 
 
+def _weak_unmap_hook(workload: Workload) -> Callable[[Mapping], None]:
+    """`Workload._mapping_gone` without a strong reference to the workload (a mapping must
+    not keep a dropped workload alive)."""
+    ref = weakref.WeakMethod(workload._mapping_gone)
+
+    def hook(m: Mapping) -> None:
+        method = ref()
+        if method is not None:
+            method(m)
+
+    return hook
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -422,6 +465,7 @@ class RemoteView:
         self.address = address
         self.length = len(buffer)
         self.perms = perms
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<RemoteView {self.name!r} {self.length:#x} bytes at {self.address:#x}>"
@@ -432,18 +476,60 @@ class RemoteView:
     def read_checked(self, length: int, offset: int = 0) -> bytes:
         from vmo.pager import uffd
 
+        if self._closed:
+            raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
         _check_view_range(self, offset, length)
         return uffd.copy_from_address_checked(self.address + offset, length)
 
     def write_checked(self, data: bytes, offset: int = 0) -> None:
         from vmo.pager import uffd
 
+        if self._closed:
+            raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
         _check_view_range(self, offset, len(data))
         uffd.copy_to_address_checked(self.address + offset, data)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        with contextlib.suppress(BufferError):
+        """Unmap the window here: the memory, the userfaultfd registration and the window's
+        memfd are released. A view of ``buffer`` still held by the target keeps the ``mmap``
+        object open: its range is then replaced by an inaccessible reservation (released
+        with the object), so a later access is a clean SIGSEGV, never a touch of whatever
+        would be mapped there next."""
+        from vmo.pager import uffd
+
+        if self._closed:
+            return
+        self._closed = True
+        try:
             self.buffer.close()
+        except BufferError:
+            uffd.mmap(self.address, self.length, uffd.PROT_NONE,
+                      uffd.MAP_PRIVATE | uffd.MAP_ANONYMOUS | uffd.MAP_FIXED
+                      | uffd.MAP_NORESERVE)
+
+
+def _map_window(fd: int, length: int, prot: int) -> tuple[mmap.mmap, int]:
+    """Map the window memfd ``fd`` and return an ``mmap`` object that owns the mapping.
+
+    ``mmap.mmap(fd, ...)`` would keep a duplicate of ``fd`` for as long as the object lives,
+    and a view still exported by the target keeps it alive after `RemoteView.close`: one
+    descriptor leaked per map/unmap cycle. So the object is made anonymous (no descriptor)
+    and the memfd is mapped over it with ``MAP_FIXED``: the object's own ``munmap`` on close
+    releases the window mapping, and no descriptor is held."""
+    from vmo.pager import uffd
+
+    buf = mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot)
+    try:
+        address = uffd.buffer_address(memoryview(buf))
+        uffd.mmap(address, length, prot, uffd.MAP_SHARED | uffd.MAP_FIXED, fd)
+    except BaseException:
+        buf.close()
+        raise
+    return buf, address
 
 
 def _check_view_range(view: RemoteView, offset: int, length: int) -> None:
@@ -467,13 +553,13 @@ def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
 
     perms = Perms(msg["perms"])
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if perms & Perms.WRITE else 0)
+    buf = None
     try:
         (fd,) = fds
         try:
-            buf = mmap.mmap(fd, msg["length"], mmap.MAP_SHARED, prot)
+            buf, address = _map_window(fd, msg["length"], prot)
         finally:
             os.close(fd)
-        address = uffd.buffer_address(memoryview(buf))
         u = uffd.Userfaultfd()
         try:
             u.api(required=REQUIRED_FEATURES)
@@ -483,6 +569,9 @@ def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
         finally:
             u.close()  # ours is not needed: the server reads the faults
     except Exception as e:  # noqa: BLE001 - reported to the server
+        if buf is not None:
+            with contextlib.suppress(BufferError):
+                buf.close()
         chan.send({"op": "error", "message": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc()})
         return

@@ -1,0 +1,132 @@
+"""Regression tests of issue 11 (robustness): workloads that never leak or outlive their host,
+idempotent release, every public call checked, mappings taken away under the fault handler
+(``MADV_REMOVE``, ``munmap``), forks, and the in-process GIL deadlock.
+
+Targets below run in workload processes, which import this module by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import resource
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import vmo
+from vmo import PAGE_SIZE, Kernel, Status, ZxError, mapping
+from vmo.pager.fault_handler import unavailable_reason
+
+PS = PAGE_SIZE
+_REASON = unavailable_reason()
+needs_uffd = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+pytestmark = [pytest.mark.timeout(120, method="thread")]
+
+if _REASON is None:
+    from vmo.pager import remote
+    from vmo.pager.remote import Workload, WorkloadContext
+else:  # pragma: no cover
+    WorkloadContext = Any  # type: ignore[misc,assignment]
+
+# ---------------------------------------------------------------- targets (run in the workload)
+
+_kept: dict[str, Any] = {}
+
+
+def limit_fds(ctx: WorkloadContext, n: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def fd_and_window_counts(ctx: WorkloadContext) -> tuple[int, int]:
+    fds = len(os.listdir("/proc/self/fd"))
+    with open("/proc/self/maps") as f:
+        windows = sum(1 for line in f if "window" in line)
+    return fds, windows
+
+
+def remember(ctx: WorkloadContext, name: str, keep_view: bool) -> int:
+    """Remember the address of mapping ``name`` (and, with ``keep_view``, hold a view of it, as
+    a careless target would)."""
+    view = ctx.mappings[name]
+    _kept["view"] = view
+    if keep_view:
+        _kept["mv"] = view.memoryview()
+    return view.address
+
+
+def touch_remembered(ctx: WorkloadContext, offset: int) -> str:
+    from vmo.pager.uffd import MemoryFault
+
+    view = _kept["view"]
+    try:
+        view.read_checked(1, offset)
+    except MemoryFault as e:
+        return signal.Signals(e.signo).name
+    return "ok"
+
+
+def touch_address(ctx: WorkloadContext, address: int) -> str:
+    from vmo.pager import uffd
+
+    try:
+        uffd.copy_from_address_checked(address, 1)
+    except uffd.MemoryFault as e:
+        return signal.Signals(e.signo).name
+    return "ok"
+
+
+def names(ctx: WorkloadContext) -> list[str]:
+    return sorted(ctx.mappings)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def k() -> Iterator[Kernel]:
+    kernel = Kernel(memory=32 * 2**20, page_request_timeout=20.0)
+    yield kernel
+    try:
+        mapping.validate(kernel)
+        vmo.debug.validate(kernel)
+    finally:
+        kernel.close()
+
+
+# ---------------------------------------------------------------- 1. remote unmap
+
+
+@needs_uffd
+def test_remote_unmap_releases_the_workloads_mapping_and_fd(k: Kernel) -> None:
+    v = k.vmo_create(4 * PS)
+    v.write(b"kept")
+    with Workload(k, timeout=20.0) as w:
+        w.run(limit_fds, 64)
+        base = w.run(fd_and_window_counts)
+        for i in range(150):  # more cycles than descriptors allowed
+            m = w.map(v, name="d")
+            if i % 50 == 0:
+                assert w.run(remote.read_bytes, "d", 0, 4) == b"kept"
+            m.unmap()
+        assert w.run(fd_and_window_counts) == base
+        assert w.run(names) == []
+        assert not w.mappings
+        # A later touch of the old address is a clean fault, reported as such, whether or not
+        # the target still holds a view of the buffer.
+        for keep_view in (False, True):
+            m = w.map(v, name="d")
+            address = w.run(remember, "d", keep_view)
+            m.unmap()
+            assert w.run(touch_remembered, 0) == "SIGSEGV"
+            assert w.run(touch_address, address) == "SIGSEGV"
+            assert w.run(fd_and_window_counts) == base
+        # Automatic names never collide with live ones after an unmap.
+        a, b = w.map(v), w.map(v)
+        a.unmap()
+        c = w.map(v)
+        assert len({id(a), id(b), id(c)}) == 3 and len(w.mappings) == 2
+    assert v.read(4) == b"kept"
