@@ -7,8 +7,6 @@ Targets below run in workload processes, which import this module by name.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import resource
 import signal
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 
 import vmo
-from vmo import PAGE_SIZE, Kernel, Status, ZxError, mapping
+from vmo import PAGE_SIZE, Kernel, mapping
 from vmo.pager.fault_handler import unavailable_reason
 
 PS = PAGE_SIZE
@@ -130,3 +128,122 @@ def test_remote_unmap_releases_the_workloads_mapping_and_fd(k: Kernel) -> None:
         c = w.map(v)
         assert len({id(a), id(b), id(c)}) == 3 and len(w.mappings) == 2
     assert v.read(4) == b"kept"
+
+
+# ---------------------------------------------------------------- 2. workloads die with the host
+
+
+def spin(ctx: WorkloadContext) -> None:
+    while True:
+        pass
+
+
+HOST_SCRIPT = """
+import os, sys, time
+sys.path[:0] = {paths!r}
+import vmo
+from vmo.pager.remote import Workload
+k = vmo.Kernel(memory=8 << 20)
+v = k.vmo_create(4 * 4096)
+w = Workload(k)
+w.map(v, name="v")
+w.start("test_robustness:spin")
+print(w.pid, flush=True)
+if {wait!r}:
+    time.sleep(600)
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def run_host(tmp_path: Any, wait: bool) -> tuple[Any, int]:
+    import subprocess
+    import sys
+
+    script = tmp_path / "host.py"
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    script.write_text(HOST_SCRIPT.format(paths=[here, root], wait=wait))
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    assert host.stdout is not None
+    line = host.stdout.readline()
+    return host, int(line)
+
+
+def wait_gone(pid: int, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived its host"
+        time.sleep(0.05)
+
+
+@needs_uffd
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workload_dies_when_its_host_is_killed(tmp_path: Any, sig: int) -> None:
+    host, wpid = run_host(tmp_path, wait=True)
+    assert pid_alive(wpid)
+    host.send_signal(sig)
+    host.wait(10)
+    wait_gone(wpid)
+    assert host.stdout is not None
+    assert host.stdout.read() == b""  # nothing holds the host's stdout any more
+    host.stdout.close()
+
+
+@needs_uffd
+def test_workload_stopped_at_interpreter_exit(tmp_path: Any) -> None:
+    host, wpid = run_host(tmp_path, wait=False)
+    assert host.stdout is not None
+    host.stdout.read()  # EOF: the workload does not hold the host's stdout
+    host.stdout.close()
+    assert host.wait(20) == 0
+    wait_gone(wpid)
+
+
+@needs_uffd
+def test_dropped_workload_is_killed_and_unmapped(k: Kernel) -> None:
+    import gc
+
+    v = k.vmo_create(4 * PS)
+    w = Workload(k)
+    w.map(v, name="v")
+    w.run(remote.fill, "v", 9, 0, 5)
+    pid = w.pid
+    del w
+    gc.collect()
+    wait_gone(pid)
+    mgr = mapping.manager_for(k)
+    assert mgr is not None
+    wait_until_true(lambda: not mgr.mappings)
+    assert v.read(5) == b"\t" * 5
+
+
+@needs_uffd
+def test_workload_started_from_a_short_lived_thread_survives_it(k: Kernel) -> None:
+    import threading
+
+    box: list[Workload] = []
+    t = threading.Thread(target=lambda: box.append(Workload(k)))
+    t.start()
+    t.join()
+    with box[0] as w:
+        v = k.vmo_create(PS)
+        w.map(v, name="v")
+        assert w.run(remote.checksum, "v") == 0  # the parent-death signal did not fire
+
+
+def wait_until_true(cond: Any, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

@@ -35,12 +35,14 @@ death are in the VMO) and closes every descriptor.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import itertools
 import mmap
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -201,19 +203,32 @@ class Workload:
         if env:
             child_env.update(env)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "vmo.pager.remote", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=child_env, close_fds=True)
-        except BaseException:
+            self.process = _spawn(
+                [sys.executable, "-m", "vmo.pager.remote", str(theirs.fileno()),
+                 str(os.getpid())], pass_fds=(theirs.fileno(),), env=child_env)
+        except BaseException as e:
             ours.close()
             theirs.close()
+            if isinstance(e, OSError):
+                raise ZxError(Status.ERR_NO_RESOURCES,
+                              f"cannot start the workload process: {e}") from e
             raise
         theirs.close()
         self._chan = _Channel(ours)
         self.pid = self.process.pid
-        self._pidfd = os.pidfd_open(self.pid)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError as e:
+            self.process.kill()
+            self.process.wait()
+            self._chan.close()
+            raise ZxError(Status.ERR_NO_RESOURCES, f"pidfd_open failed: {e}") from e
+        # Dropped without close, or left running at interpreter exit: killed (the workload
+        # also dies with this process by itself, see `client_main`).
+        self._finalizer = weakref.finalize(self, _reap, self.process, self._chan)
+        _live.add(self)
         # The handler thread tells us when the process exits, whatever it is doing.
-        mgr.handler.watch(self._pidfd, self._on_exit)
+        mgr.handler.watch(self._pidfd, _exit_watch(self))
         try:
             hello, _ = self._chan.recv(timeout)
         except (EOFError, TimeoutError) as e:
@@ -411,6 +426,8 @@ class Workload:
         self._mgr.handler.call_soon(self._close_pidfd)
         self._chan.close()
         self.exited.set()
+        self._finalizer.detach()
+        _live.discard(self)
         return code
 
     def _close_pidfd(self) -> None:
@@ -424,6 +441,107 @@ class Workload:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- lifetime of the processes
+
+#: Workloads not closed yet: interpreter exit stops them (`_stop_all`).
+_live: weakref.WeakSet[Workload] = weakref.WeakSet()
+
+
+def _reap(process: subprocess.Popen[bytes], chan: _Channel) -> None:
+    """Finalizer of a `Workload` dropped without `Workload.close`: kill its process (its
+    mappings are unmapped when the handler sees it exit, see `_exit_watch`)."""
+    with contextlib.suppress(OSError):
+        chan.close()
+    if process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.kill()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Interpreter exit: no workload outlives the script that started it."""
+    for w in list(_live):
+        with contextlib.suppress(Exception):
+            w.close(timeout=2.0)
+
+
+def _exit_watch(workload: Workload) -> Callable[[int, int], None]:
+    """The pidfd callback (on the handler thread), holding the workload weakly: a dropped
+    workload's process is killed by its finalizer, and its exit then unmaps what it had."""
+    ref = weakref.ref(workload)
+    handler = workload._mgr.handler
+    maps, lock = workload._mappings, workload._maps_lock
+
+    def on_exit(fd: int, revents: int) -> None:
+        w = ref()
+        if w is not None:
+            w._on_exit(fd, revents)
+            return
+        handler.unwatch(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with lock:
+            gone = list(maps.values())
+        for m in gone:
+            try:
+                m._teardown()
+            except Exception:  # noqa: BLE001 - keep the kernel usable
+                handler.errors.append(traceback.format_exc())
+
+    return on_exit
+
+
+class _Spawner:
+    """Starts workload processes from one long-lived thread.
+
+    A workload asks for ``PR_SET_PDEATHSIG``, and the kernel sends that signal when the
+    *thread* that forked it exits, not the process: a workload started from a short-lived
+    thread would die with that thread. Forking from this thread, which lives as long as the
+    process, ties the signal to the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._jobs: list[tuple[Callable[[], Any], threading.Event, list[Any]]] = []
+        self._cond = threading.Condition(self._lock)
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        done = threading.Event()
+        box: list[Any] = []
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vmo-workload-spawner",
+                                                daemon=True)
+                self._thread.start()
+            self._jobs.append((job, done, box))
+            self._cond.notify()
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job, done, box = self._jobs.pop(0)
+            try:
+                box.append(job())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box.append(e)
+            done.set()
+
+
+_spawner = _Spawner()
+
+
+def _spawn(argv: list[str], pass_fds: tuple[int, ...],
+           env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return _spawner.run(lambda: subprocess.Popen(argv, pass_fds=pass_fds, env=env,
+                                                 close_fds=True))
 
 
 def _weak_unmap_hook(workload: Workload) -> Callable[[Mapping], None]:
@@ -593,9 +711,34 @@ def _client_run(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any]) -> No
                    "traceback": traceback.format_exc()})
 
 
-def client_main(fd: int) -> int:
+def _die_with_host(host_pid: int, sock: socket.socket) -> None:
+    """The workload never outlives its host: the parent-death signal kills it when the host
+    dies (SIGKILL included), and a thread watching the socket ends it when the host's end
+    closes while a target runs (the main thread only reads the socket between targets)."""
+    from vmo.pager import uffd
+
+    uffd.lib.vmo_set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != host_pid:
+        os._exit(0)  # the host died before the signal was asked for
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        while True:
+            for _fd, revents in poller.poll():
+                if revents & (select.POLLRDHUP | select.POLLHUP | select.POLLERR
+                              | select.POLLNVAL):
+                    os._exit(0)
+
+    threading.Thread(target=watch, name="vmo-host-watch", daemon=True).start()
+
+
+def client_main(fd: int, host_pid: int = 0) -> int:
     """The workload process: serve the server's requests until it says exit or goes away."""
-    chan = _Channel(socket.socket(fileno=fd))
+    sock = socket.socket(fileno=fd)
+    if host_pid:
+        _die_with_host(host_pid, sock)
+    chan = _Channel(sock)
     ctx = WorkloadContext()
     chan.send({"op": "hello", "pid": ctx.pid})
     while True:
@@ -651,7 +794,7 @@ def read_bytes(ctx: WorkloadContext, name: str, offset: int, length: int) -> byt
 
 
 if __name__ == "__main__":
-    sys.exit(client_main(int(sys.argv[1])))
+    sys.exit(client_main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
 
 
 __all__ = [
