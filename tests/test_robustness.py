@@ -247,3 +247,64 @@ def wait_until_true(cond: Any, timeout: float = 10.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+# ---------------------------------------------------------------- 3. file pagers owned by the kernel
+
+
+def open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+def fds_on(path: Any) -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_kernel_close_closes_its_file_pagers_and_pagers(tmp_path: Any) -> None:
+    from vmo.pager.file_pager import FilePager
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(4 * PS))
+    k = Kernel(memory=8 << 20)
+    fp = FilePager(k, path)
+    fp.vmo.write(b"flushed by the kernel's close")
+    pager = k.pager_create()
+    pv = pager.create_vmo(PS)
+    assert fds_on(path) == 1
+    k.close()
+    assert fds_on(path) == 0
+    assert fp.closed and pv.closed and "closed" in repr(pager)
+    assert path.read_bytes().startswith(b"flushed by the kernel's close")
+    fp.close()  # idempotent
+    pager.close()
+
+
+def test_dropped_file_pager_is_closed_with_a_warning(tmp_path: Any) -> None:
+    import gc
+    import warnings
+
+    from vmo.pager import file_pager
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(4 * PS))
+    with Kernel(memory=8 << 20) as k:
+        fp = file_pager.FilePager(k, path)
+        fp.vmo.write(b"dirty")
+        assert fds_on(path) == 1
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del fp
+            gc.collect()
+        assert any(issubclass(w.category, ResourceWarning) for w in caught)
+        assert file_pager._closer.drain()
+        assert fds_on(path) == 0
+        assert k.live_vmos() == []
+        vmo.debug.validate(k)
+    assert path.read_bytes().startswith(b"dirty")  # flushed, as a file object would be
