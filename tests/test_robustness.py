@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import vmo
-from vmo import PAGE_SIZE, Kernel, mapping
+from vmo import PAGE_SIZE, Kernel, Status, ZxError, mapping
 from vmo.pager.fault_handler import unavailable_reason
 
 PS = PAGE_SIZE
@@ -308,3 +308,36 @@ def test_dropped_file_pager_is_closed_with_a_warning(tmp_path: Any) -> None:
         assert k.live_vmos() == []
         vmo.debug.validate(k)
     assert path.read_bytes().startswith(b"dirty")  # flushed, as a file object would be
+
+
+# ---------------------------------------------------------------- 5. idempotent release
+
+
+def test_every_release_is_idempotent(tmp_path: Any) -> None:
+    from vmo.pager.file_pager import FilePager
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(PS))
+    k = Kernel(memory=8 << 20)
+    v = k.vmo_create(2 * PS)
+    child = v.create_child(vmo.ChildOptions.SNAPSHOT, 0, PS)
+    pager = k.pager_create()
+    fp = FilePager(k, path)
+    closables: list[Any] = [child, v, pager, fp]
+    if _REASON is None:
+        m = v.map()
+        m.write(b"x")
+        closables.insert(0, m.unmap)
+        closables.insert(0, m.unmap)
+    for obj in closables:
+        close = obj if callable(obj) and not hasattr(obj, "close") else obj.close
+        close()
+        close()
+        vmo.debug.validate(k)
+    with pytest.raises(ZxError) as e:
+        v.read(1)
+    assert e.value.status == Status.ERR_BAD_HANDLE
+    k.close()
+    k.close()
+    for obj in (v, pager, fp):
+        obj.close()  # still nothing, after the kernel's close too

@@ -290,9 +290,8 @@ class Mapping:
 
     def unmap(self) -> None:
         """Unmap (``zx_vmar_unmap``): stores made so far are in the VMO; any later access, and
-        any access waiting on a fault now, fails with ``ERR_BAD_STATE``."""
-        if self._dead:
-            raise ZxError(Status.ERR_BAD_STATE, "the mapping is already unmapped")
+        any access waiting on a fault now, fails with ``ERR_BAD_STATE``. Idempotent: unmapping
+        an unmapped mapping (by `unmap`, its VMO's close or the kernel's) does nothing."""
         self._teardown()
 
     def __enter__(self) -> Mapping:
