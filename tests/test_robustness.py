@@ -341,3 +341,51 @@ def test_every_release_is_idempotent(tmp_path: Any) -> None:
     k.close()
     for obj in (v, pager, fp):
         obj.close()  # still nothing, after the kernel's close too
+
+
+# ---------------------------------------------------------------- 4. every argument checked
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("not today")
+
+
+@needs_uffd
+def test_workload_calls_check_their_arguments(k: Kernel) -> None:
+    v = k.vmo_create(2 * PS)
+    other = Kernel(memory=1 << 20)
+    try:
+        ov = other.vmo_create(PS)
+        with Workload(k) as w:
+            cases: list[tuple[Any, Status]] = [
+                (lambda: w.map("not a vmo"), Status.ERR_WRONG_TYPE),
+                (lambda: w.map(None), Status.ERR_WRONG_TYPE),
+                (lambda: w.map(ov), Status.ERR_BAD_HANDLE),
+                (lambda: w.map(v, name=3), Status.ERR_INVALID_ARGS),
+                (lambda: w.map(v, -PS), Status.ERR_OUT_OF_RANGE),
+                (lambda: w.map(v, 0, 2**64), Status.ERR_OUT_OF_RANGE),
+                (lambda: w.map(v, fault_around=0), Status.ERR_INVALID_ARGS),
+                (lambda: w.run(remote.checksum, "v", Unpicklable()), Status.ERR_INVALID_ARGS),
+                (lambda: w.run(remote.checksum, "v", lambda: 0), Status.ERR_INVALID_ARGS),
+                (lambda: w.run(remote.checksum, timeout=-1), Status.ERR_INVALID_ARGS),
+                (lambda: w.run(remote.checksum, timeout="soon"), Status.ERR_INVALID_ARGS),
+                (lambda: w.run(42), Status.ERR_INVALID_ARGS),
+                (lambda: w.result(), Status.ERR_BAD_STATE),
+                (lambda: w.result(float("nan")), Status.ERR_INVALID_ARGS),
+                (lambda: w.kill(999), Status.ERR_INVALID_ARGS),
+                (lambda: w.kill("TERM"), Status.ERR_INVALID_ARGS),
+                (lambda: Workload("kernel"), Status.ERR_WRONG_TYPE),
+                (lambda: Workload(k, timeout=float("inf")), Status.ERR_INVALID_ARGS),
+                (lambda: Workload(k, env={"A=B": "x"}), Status.ERR_INVALID_ARGS),
+            ]
+            for call, status in cases:
+                with pytest.raises(ZxError) as e:
+                    call()
+                assert e.value.status == status, (call, e.value)
+            w.map(v, name="v")
+            assert w.run(remote.checksum, "v") == 0  # still usable after all that
+        ov.close()
+        mapping.validate(k)
+    finally:
+        other.close()

@@ -138,6 +138,18 @@ class _Channel:
         self.sock.close()
 
 
+def _check_timeout(name: str, value: Any) -> float | None:
+    """A timeout in seconds: a finite number >= 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not 0 <= value < 1e9:  # NaN fails too
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value!r} is not in [0, 1e9) seconds")
+    return float(value)
+
+
 def _target_name(target: Callable[..., Any] | str) -> str:
     if isinstance(target, str):
         if ":" not in target:
@@ -177,12 +189,24 @@ class Workload:
         from vmo import mapping
         from vmo.pager.fault_handler import unavailable_reason
 
+        from vmo.kernel import Kernel
+
+        if not isinstance(kernel, Kernel):
+            raise ZxError(Status.ERR_WRONG_TYPE,
+                          f"kernel must be a vmo.Kernel, not {type(kernel).__name__}")
+        checked = _check_timeout("timeout", timeout)
+        if checked is None:
+            raise ZxError(Status.ERR_INVALID_ARGS, "timeout must be a number of seconds")
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(a, str) and isinstance(b, str) and a and "=" not in a and "\0" not in a + b
+                for a, b in env.items())):
+            raise ZxError(Status.ERR_INVALID_ARGS, "env must map variable names to str values")
         reason = unavailable_reason()
         if reason is not None:
             raise ZxError(Status.ERR_NOT_SUPPORTED, reason)
         kernel._check_open()
         self.kernel = kernel
-        self.timeout = timeout
+        self.timeout = checked
         mgr = mapping.manager_for(kernel)
         assert mgr is not None
         self._mgr = mgr
@@ -264,7 +288,13 @@ class Workload:
         Returns the `Mapping` (``remote`` set): its ``address`` is in the workload, its
         `Mapping.fault_stats` count the workload's faults, `Mapping.unmap` takes it away."""
         from vmo import mapping
+        from vmo.vm_object import Vmo
 
+        if not isinstance(vmo, Vmo):
+            raise ZxError(Status.ERR_WRONG_TYPE, f"vmo must be a Vmo, not {type(vmo).__name__}")
+        if vmo._kernel is not self.kernel:
+            raise ZxError(Status.ERR_BAD_HANDLE,
+                          f"VMO koid {vmo.koid} belongs to another kernel than the workload's")
         offset, length, perms, around = mapping.check_map_args(vmo, offset, length, perms,
                                                                fault_around)
         if name is not None and not isinstance(name, str):
@@ -341,10 +371,16 @@ class Workload:
     def start(self, target: Callable[..., Any] | str, *args: Any) -> None:
         """Start ``target(ctx, *args)`` in the workload; collect it with `result`."""
         name = _target_name(target)
+        try:
+            body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - pickle raises many kinds
+            raise ZxError(Status.ERR_INVALID_ARGS,
+                          f"the arguments cannot be sent to the workload (pickle: "
+                          f"{type(e).__name__}: {e})") from None
         with self._lock:
             self._check_idle("start")
             try:
-                self._chan.send({"op": "run", "target": name, "args": args})
+                self._chan.send({"op": "run", "target": name, "args": body})
             except OSError as e:
                 raise ZxError(Status.ERR_PEER_CLOSED, f"the workload is gone: {e}") from None
             self._running = True
@@ -353,7 +389,10 @@ class Workload:
         """Wait for the running target: its return value, or `RemoteError` if it raised.
         ``ERR_TIMED_OUT`` after ``timeout`` seconds (default: the workload's), the target
         still running; ``ERR_PEER_CLOSED`` if the process died (e.g. of SIGBUS)."""
+        timeout = _check_timeout("timeout", timeout)
         with self._lock:
+            if self._closed:
+                raise ZxError(Status.ERR_BAD_HANDLE, "the workload is closed")
             if not self._running:
                 raise ZxError(Status.ERR_BAD_STATE, "no target is running")
             try:
@@ -374,13 +413,18 @@ class Workload:
     def run(self, target: Callable[..., Any] | str, *args: Any,
             timeout: float | None = None) -> Any:
         """`start` then `result`."""
+        _check_timeout("timeout", timeout)
         self.start(target, *args)
         return self.result(timeout)
 
     # -- ending -----------------------------------------------------------------------------
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the workload process."""
+        """Send ``sig`` to the workload process (``ERR_INVALID_ARGS`` for a value that is not
+        a signal number)."""
+        valid = {int(s) for s in signal.valid_signals()}
+        if isinstance(sig, bool) or not isinstance(sig, int) or int(sig) not in valid:
+            raise ZxError(Status.ERR_INVALID_ARGS, f"{sig!r} is not a signal number")
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
@@ -410,6 +454,7 @@ class Workload:
     def close(self, timeout: float = 10.0) -> int | None:
         """Ask the process to exit (kill it after ``timeout`` seconds), unmap its mappings
         and release everything. Returns its exit status. Idempotent."""
+        timeout = _check_timeout("timeout", timeout) or 10.0
         if self._closed:
             return self.process.poll()
         self._closed = True
@@ -704,7 +749,7 @@ def _client_run(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any]) -> No
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-        value = obj(ctx, *msg["args"])
+        value = obj(ctx, *pickle.loads(msg["args"]))
         chan.send({"op": "result", "value": value})
     except Exception as e:  # noqa: BLE001 - reported to the server
         chan.send({"op": "error", "message": f"{type(e).__name__}: {e}",
