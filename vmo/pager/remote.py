@@ -187,9 +187,8 @@ class Workload:
     def __init__(self, kernel: Kernel, *, timeout: float = 30.0,
                  env: dict[str, str] | None = None) -> None:
         from vmo import mapping
-        from vmo.pager.fault_handler import unavailable_reason
-
         from vmo.kernel import Kernel
+        from vmo.pager.fault_handler import unavailable_reason
 
         if not isinstance(kernel, Kernel):
             raise ZxError(Status.ERR_WRONG_TYPE,
