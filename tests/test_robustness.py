@@ -7,6 +7,8 @@ Targets below run in workload processes, which import this module by name.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import resource
 import signal
@@ -389,3 +391,115 @@ def test_workload_calls_check_their_arguments(k: Kernel) -> None:
         mapping.validate(k)
     finally:
         other.close()
+
+
+# ---------------------------------------------------------------- 6. REMOVE and UNMAP events
+
+
+def remove_then_read(ctx: WorkloadContext, name: str, offset: int, length: int,
+                     advice: str) -> bytes:
+    view = ctx.mappings[name]
+    view.buffer.madvise(getattr(mmap, advice), offset, length)
+    return bytes(view.memoryview()[offset: offset + length])  # served, not a hang
+
+
+def munmap_part(ctx: WorkloadContext, name: str, offset: int, length: int) -> str:
+    from vmo.pager import uffd
+
+    view = ctx.mappings[name]
+    uffd.munmap(view.address + offset, length)
+    try:
+        uffd.copy_from_address_checked(view.address + offset, 1)
+    except uffd.MemoryFault as e:
+        return signal.Signals(e.signo).name
+    return "ok"
+
+
+def store(ctx: WorkloadContext, name: str, offset: int, data: bytes) -> None:
+    ctx.mappings[name].memoryview()[offset: offset + len(data)] = data
+
+
+@needs_uffd
+@pytest.mark.parametrize("advice", ["MADV_REMOVE", "MADV_DONTNEED"])
+def test_madvise_remove_discards_the_range_and_the_next_access_is_served(
+        k: Kernel, advice: str) -> None:
+    v = k.vmo_create(8 * PS)
+    v.write(b"".join(bytes([i + 1]) * PS for i in range(8)))
+    with Workload(k, timeout=20.0) as w:
+        m = w.map(v, name="v", fault_around=1)
+        w.run(store, "v", 2 * PS, b"checked out")  # page 2 writable in the window
+        got = w.run(remove_then_read, "v", 2 * PS, 2 * PS, advice, timeout=20)
+        assert got == bytes(2 * PS)
+        # The rule: the VMO's pages there are decommitted; the rest is untouched.
+        assert v.read(2 * PS, 2 * PS) == bytes(2 * PS)
+        assert v.read(PS, PS) == b"\x02" * PS and v.read(PS, 4 * PS) == b"\x05" * PS
+        assert v.get_info().committed_bytes == 6 * PS
+        w.run(store, "v", 2 * PS, b"again")  # and the range works as before
+        assert v.read(5, 2 * PS) == b"again"
+        assert w.run(remote.read_bytes, "v", 4 * PS, 1) == b"\x05"
+        mapping.validate(k)
+        m.unmap()
+    assert not mapping.manager_for(k).mappings  # type: ignore[union-attr]
+
+
+@needs_uffd
+def test_madvise_remove_of_a_pager_backed_vmo_zeroes_it(k: Kernel, tmp_path: Any) -> None:
+    from vmo.pager.file_pager import FilePager
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"\x07" * 4 * PS)
+    with FilePager(k, path) as fp, Workload(k, timeout=20.0) as w:
+        w.map(fp.vmo, name="f")
+        assert w.run(remove_then_read, "f", PS, PS, "MADV_REMOVE") == bytes(PS)
+        assert fp.vmo.read(PS, PS) == bytes(PS)  # ZERO: DECOMMIT is not supported here
+        assert fp.vmo.read(1) == b"\x07"
+        fp.flush()
+    assert path.read_bytes()[PS: 2 * PS] == bytes(PS)
+
+
+@needs_uffd
+def test_munmap_of_part_of_a_mapping_in_the_workload(k: Kernel) -> None:
+    v = k.vmo_create(4 * PS)
+    with Workload(k, timeout=20.0) as w:
+        m = w.map(v, name="v", fault_around=1)
+        w.run(store, "v", PS, b"stored before the munmap")
+        assert w.run(munmap_part, "v", PS, PS) == "SIGSEGV"
+        assert v.read(24, PS) == b"stored before the munmap"  # recalled, kept
+        w.run(store, "v", 3 * PS, b"rest works")
+        assert v.read(10, 3 * PS) == b"rest works"
+        v.write(b"server", PS)  # a range change over the unmapped part is harmless
+        mapping.validate(k)
+        m.unmap()
+
+
+# ---------------------------------------------------------------- 7. fork
+
+
+def fork_and_touch(ctx: WorkloadContext, name: str, write: bool) -> str:
+    view = ctx.mappings[name]
+    pid = os.fork()
+    if pid == 0:  # the child: its access must fail loudly
+        try:
+            if write:
+                ctypes.c_char.from_address(view.address).value = b"c"
+            else:
+                ctypes.string_at(view.address, 1)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return signal.Signals(os.WTERMSIG(status)).name
+    return f"exit {os.WEXITSTATUS(status)}"
+
+
+@needs_uffd
+@pytest.mark.parametrize("write", [False, True])
+def test_a_forked_child_of_a_workload_fails_loudly(k: Kernel, write: bool) -> None:
+    v = k.vmo_create(2 * PS)
+    v.write(b"parent data")
+    with Workload(k, timeout=20.0) as w:
+        w.map(v, name="v")
+        assert w.run(remote.read_bytes, "v", 0, 11) == b"parent data"
+        assert w.run(fork_and_touch, "v", write) == "SIGSEGV"
+        assert v.read(11) == b"parent data"
+        assert w.run(remote.read_bytes, "v", 0, 11) == b"parent data"

@@ -72,7 +72,6 @@ from vmo.types import Perms
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
     from vmo.pager.fault_handler import FaultHandler, Window
-    from vmo.pager.source import Request
     from vmo.vm_object import Vmo
 
 #: Pages a fault installs by default (the faulting page and its already-present neighbours in
@@ -167,6 +166,10 @@ class Mapping:
         # (see `MappingManager._write_fault_locked`); guarded by the hierarchy lock.
         self._keep = -1
         self._kept = False
+        # Discards of ranges the workload removed, pending: (first page, end page, done).
+        # Faults there wait for them (`MappingManager._range_removed`); hierarchy lock.
+        self._removals: list[tuple[int, int, threading.Event]] = []
+        self._removal_errors = 0
         # Called once, after the teardown, by whoever must hear of it (a workload tells its
         # process to release the mapping there); never under a lock.
         self._on_unmap: Callable[[Mapping], None] | None = None
@@ -349,6 +352,15 @@ class Mapping:
         # The userfaultfd became unreadable (the workload's process is gone): drop the mapping.
         self._teardown()
 
+    def on_range_removed(self, start: int, end: int, unmapped: bool) -> None:
+        """The workload took ``[start, end)`` of this mapping away (on the handler thread):
+        see `MappingManager._range_removed`."""
+        base = self._win.address
+        p0 = max(0, (start - base) >> _PAGE_SHIFT)
+        p1 = min(self._npages, (end - base + PAGE_SIZE - 1) >> _PAGE_SHIFT)
+        if p0 < p1:
+            self._mgr._range_removed(self, p0, p1, unmapped)
+
 
 def _check_perms(perms: Perms, vmo: Vmo) -> None:
     if perms & Perms.WRITE and not perms & Perms.READ:
@@ -466,7 +478,7 @@ class MappingManager:
 
     # ---------------------------------------------------------------- serving faults
 
-    def _resolve(self, m: Mapping, page: int, write: int) -> tuple[Any, Request] | None:
+    def _resolve(self, m: Mapping, page: int, write: int) -> tuple[Any, Any] | None:
         """Resolve one fault under the hierarchy lock. Returns ``(source, request)`` when a
         page source must act first (the request is registered; wait for it, then retry)."""
         with m._hier_lock:
@@ -477,6 +489,16 @@ class MappingManager:
                 # Mapped while the VMO was being closed: unmap it now.
                 self._teardown(m)
                 return None
+            if m._removals:
+                done = self._removal_of(m, page)
+                if done is not None:
+                    return None, done  # wait for the discard of a removed range first
+            if m.remote:
+                s = m._win.state[page]
+                if s == WRITABLE or (s == READ_ONLY and not write):
+                    # A missing fault (a store to a read-only copy is a write-protect fault)
+                    # at a page the window believes present: stale, or removed under us.
+                    self._removed_under_us(m, page)
             try:
                 if write:
                     self._write_fault_locked(m, page)
@@ -507,6 +529,76 @@ class MappingManager:
                 self._internal_error(m, page)
         return None
 
+    def _range_removed(self, m: Mapping, p0: int, p1: int, unmapped: bool) -> None:
+        """The workload took window pages ``[p0, p1)`` away (crosvm's ``handle_page_remove``).
+
+        Either way the range leaves the window: checked-out pages are recalled (their bytes
+        are still in the window memfd when the event is read) and every copy is dropped, so
+        the next access faults and is served from the VMO. ``munmap`` (``unmapped``) keeps
+        the VMO's content. ``madvise(MADV_REMOVE)`` -- and ``MADV_DONTNEED``, which the
+        event cannot be told from -- *discards* the range, as it does for shared memory: the
+        VMO's pages there are decommitted (`VmoOp.DECOMMIT`; `VmoOp.ZERO` where DECOMMIT is
+        not supported, e.g. pager-backed VMOs), so the range reads as a fresh one. A
+        read-only mapping discards nothing. The VMO operation runs on a worker (a ZERO may
+        wait for a pager); faults in the range wait for it (`_removal_of`)."""
+        with m._hier_lock:
+            if m._dead:
+                return
+            with self.lock:
+                self._change_pages(m, p0, p1, True)
+            if unmapped or not m._writable:
+                return
+            done = threading.Event()
+            m._removals.append((p0, p1, done))
+        vmo = m.vmo
+        offset = (m._vpage + p0) * PAGE_SIZE
+        length = (p1 - p0) * PAGE_SIZE
+
+        def discard() -> None:
+            from vmo.types import VmoOp
+
+            try:
+                try:
+                    vmo.op_range(VmoOp.DECOMMIT, offset, length)
+                except ZxError as e:
+                    if e.status != Status.ERR_NOT_SUPPORTED:
+                        raise
+                    vmo.op_range(VmoOp.ZERO, offset, length)
+            except ZxError as e:
+                # The VMO closed, shrank or its pager failed: nothing more to discard.
+                m._removal_errors += 1
+                self.handler.errors.append(f"{m!r}: discarding a removed range: {e}")
+            finally:
+                with m._hier_lock:
+                    m._removals = [r for r in m._removals if r[2] is not done]
+                done.set()
+
+        self.handler.defer(discard, name=f"vmo-remove-{vmo.koid}")
+
+    def _removal_of(self, m: Mapping, page: int) -> threading.Event | None:
+        """The pending discard covering ``page``, if any (hierarchy lock held)."""
+        for p0, p1, done in m._removals:
+            if p0 <= page < p1:
+                return done
+        return None
+
+    def _removed_under_us(self, m: Mapping, page: int) -> bool:
+        """A missing fault at a page the window believes present: was the page taken out of
+        the window memfd behind the handler's back (``MADV_REMOVE`` racing with a refill)?
+        Then drop it (its bytes are gone, as the removal meant) so the fault can be served."""
+        from vmo.pager import uffd
+
+        win = m._win
+        try:
+            data = uffd.lseek_data(win.fd, page * PAGE_SIZE)
+        except OSError:
+            return False
+        if data == page * PAGE_SIZE:
+            return False
+        with self.lock:
+            self._drop_pages(m, [page])
+        return True
+
     def _internal_error(self, m: Mapping, page: int) -> None:
         """A bug: the faulting thread gets ``ERR_INTERNAL`` rather than a hang; the handler
         records the traceback (``handler.errors``) and keeps serving."""
@@ -521,7 +613,7 @@ class MappingManager:
                 m._win.wake(page)
 
     def _defer(self, m: Mapping, page: int, write: bool,
-               wait: tuple[Any, Request]) -> None:
+               wait: tuple[Any, Any]) -> None:
         key = (m._key_base | page, write)
         if key in self._pending:
             return  # a worker already waits for this page; its retry wakes every waiter
@@ -532,7 +624,12 @@ class MappingManager:
             try:
                 while True:
                     try:
-                        source.wait(request, self.page_request_timeout)
+                        if source is None:  # a discard of a removed range (`_range_removed`)
+                            if not request.wait(self.page_request_timeout):
+                                raise ZxError(Status.ERR_TIMED_OUT,
+                                              "the discard of a removed range did not end")
+                        else:
+                            source.wait(request, self.page_request_timeout)
                     except ZxError as e:
                         with m.vmo._hier.lock:
                             if m._dead:

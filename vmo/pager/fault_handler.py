@@ -68,8 +68,13 @@ POISONED = 3  # a failed fault: accesses get SIGBUS until the faulting side clea
 
 #: Features every window's userfaultfd needs: write protection on shmem and poisoning.
 REQUIRED_FEATURES = uffd.Feature.WP_HUGETLBFS_SHMEM | uffd.Feature.POISON
+#: What a workload's userfaultfd adds: it hears when the workload takes part of a mapping away
+#: (``madvise(MADV_REMOVE/MADV_DONTNEED)``, ``munmap``), see `FaultSink.on_range_removed`.
+WORKLOAD_FEATURES = REQUIRED_FEATURES | uffd.Feature.EVENT_REMOVE | uffd.Feature.EVENT_UNMAP
 
 _PAGEFAULT = lib.UFFD_EVENT_PAGEFAULT
+_REMOVE = lib.UFFD_EVENT_REMOVE
+_UNMAP = lib.UFFD_EVENT_UNMAP
 # The flags as they sit in the first word of a `vmo_uffd_read_faults` record.
 _FLAG_WRITE = lib.UFFD_PAGEFAULT_FLAG_WRITE << 8
 _FLAG_WP = lib.UFFD_PAGEFAULT_FLAG_WP << 8
@@ -131,6 +136,9 @@ class Window:
         """Map ``W`` in this process (the faulting mapping of a local mapping); returns the
         address. Not registered yet: see `register_here`."""
         self.local_address = uffd.mmap(0, self.length, prot, uffd.MAP_SHARED, self.fd)
+        # A child forked from this process (a subprocess before its exec) does not inherit
+        # it: its copy would bypass the fault handler.
+        uffd.madvise(self.local_address, self.length, uffd.MADV_DONTFORK)
         return self.local_address
 
     def register_here(self) -> None:
@@ -293,6 +301,10 @@ class FaultSink(Protocol):
         write-protected page."""
 
     def on_uffd_error(self, err: int) -> None: ...
+
+    def on_range_removed(self, start: int, end: int, unmapped: bool) -> None:
+        """The faulting process took ``[start, end)`` away: ``munmap`` (``unmapped``) or
+        ``madvise(MADV_REMOVE/MADV_DONTNEED)``."""
 
 
 class FaultHandler:
@@ -525,11 +537,13 @@ class FaultHandler:
                 return
             self.events_read += n
             for i in range(0, 2 * n, 2):
-                head = words[i]  # event | flags << 8
-                if head & 0xFF != _PAGEFAULT:
-                    continue  # no non-cooperative event is enabled on our descriptors
+                head = words[i]  # event | flags << 8 (REMOVE/UNMAP: event | end << 8)
                 try:
-                    on_fault(words[i + 1], head & _FLAG_WRITE, head & _FLAG_WP)
+                    if head & 0xFF == _PAGEFAULT:
+                        on_fault(words[i + 1], head & _FLAG_WRITE, head & _FLAG_WP)
+                    elif head & 0xFF in (_REMOVE, _UNMAP):
+                        sink.on_range_removed(words[i + 1], head >> 8,
+                                              head & 0xFF == _UNMAP)
                 except BaseException:  # noqa: BLE001 - the sink failed; keep serving
                     self.errors.append(traceback.format_exc())
             if self._sinks.get(fd) is not sink:

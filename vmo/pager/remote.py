@@ -711,7 +711,7 @@ class WorkloadContext:
 def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
                 fds: list[int]) -> None:
     from vmo.pager import uffd
-    from vmo.pager.fault_handler import REQUIRED_FEATURES
+    from vmo.pager.fault_handler import WORKLOAD_FEATURES
 
     perms = Perms(msg["perms"])
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if perms & Perms.WRITE else 0)
@@ -722,9 +722,13 @@ def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
             buf, address = _map_window(fd, msg["length"], prot)
         finally:
             os.close(fd)
+        # A forked child (multiprocessing) does not get the mapping: the window has one
+        # faulting mapping, and a child's copy would bypass the fault handler (its loads see
+        # zeros, its stores never reach the VMO). Its accesses fail loudly (SIGSEGV) instead.
+        uffd.madvise(address, msg["length"], uffd.MADV_DONTFORK)
         u = uffd.Userfaultfd()
         try:
-            u.api(required=REQUIRED_FEATURES)
+            u.api(required=WORKLOAD_FEATURES)
             u.register(address, msg["length"], missing=True, wp=True)
             chan.send({"op": "mapped", "id": msg["id"], "address": address, "nfds": 1},
                       [u.fileno()])
