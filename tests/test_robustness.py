@@ -503,3 +503,58 @@ def test_a_forked_child_of_a_workload_fails_loudly(k: Kernel, write: bool) -> No
         assert w.run(fork_and_touch, "v", write) == "SIGSEGV"
         assert v.read(11) == b"parent data"
         assert w.run(remote.read_bytes, "v", 0, 11) == b"parent data"
+
+
+# ---------------------------------------------------------------- 8. the in-process deadlock
+
+DEADLOCK_SCRIPT = """
+import ctypes, sys
+sys.path[:0] = {paths!r}
+import vmo
+from vmo.pager import fault_handler
+fault_handler.set_deadlock_timeout(1.0)
+k = vmo.Kernel(memory=8 << 20)
+v = k.vmo_create(4 * 4096)
+v.write(b"hello")
+m = v.map(fault_around=1)
+assert m.read(5) == b"hello"          # the right way: works
+print("before", flush=True)
+ctypes.string_at(m.address + 4096, 5)  # a plain load holding the GIL: must not hang
+print("after", flush=True)
+"""
+
+
+@needs_uffd
+def test_plain_load_in_the_host_fails_clearly_instead_of_hanging(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "deadlock.py"
+    script.write_text(DEADLOCK_SCRIPT.format(paths=[here, os.path.dirname(here)]))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+    assert r.stdout == b"before\n"
+    assert r.returncode == -signal.SIGBUS
+    err = r.stderr.decode()
+    assert "deadlock" in err and "Mapping.read/Mapping.write" in err and "Workload" in err
+
+
+@needs_uffd
+def test_a_watchdog_failure_is_reported_by_the_accessor(k: Kernel) -> None:
+    from vmo.pager import fault_handler
+
+    # The same bookkeeping as a real detection, without a deadlock: the page's next access
+    # reports ERR_BAD_STATE once, then works.
+    v = k.vmo_create(2 * PS)
+    m = v.map(fault_around=1)
+    mgr = mapping.manager_for(k)
+    assert mgr is not None
+    with v._hier.lock, mgr.lock:
+        m._win.poison(1)
+    m.on_watchdog_failure(m.address + PS + 5)
+    with pytest.raises(ZxError) as e:
+        m.read(1, PS)
+    assert e.value.status == Status.ERR_BAD_STATE
+    assert m.read(1, PS) == b"\0"
+    assert fault_handler.DEADLOCK_TIMEOUT > 0
+    m.unmap()

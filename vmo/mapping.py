@@ -352,6 +352,20 @@ class Mapping:
         # The userfaultfd became unreadable (the workload's process is gone): drop the mapping.
         self._teardown()
 
+    def on_watchdog_failure(self, address: int) -> None:
+        """The deadlock watchdog failed a fault of this (local) mapping: record it as a failed
+        fault (``ERR_BAD_STATE``), so that the accessor's report and the poison's clearing
+        work as for any other failure."""
+        page = (address - self._win.address) >> _PAGE_SHIFT
+        if not 0 <= page < self._npages:
+            return
+        mgr = self._mgr
+        with self._hier_lock, mgr.lock:
+            self._failed += 1
+            self._failures[page] = Status.ERR_BAD_STATE
+            if not self._dead and self._win.state[page] == ABSENT:
+                self._win.state[page] = POISONED
+
     def on_range_removed(self, start: int, end: int, unmapped: bool) -> None:
         """The workload took ``[start, end)`` of this mapping away (on the handler thread):
         see `MappingManager._range_removed`."""
@@ -416,7 +430,7 @@ class MappingManager:
 
     def map_local(self, vmo: Vmo, offset: int, length: int, perms: Perms,
                   fault_around: int) -> Mapping:
-        from vmo.pager.fault_handler import Window
+        from vmo.pager.fault_handler import Window, watch_for_deadlock
 
         try:
             win = Window(length, f"vmo-{vmo.koid}-window")
@@ -430,6 +444,12 @@ class MappingManager:
             win.close()
             raise ZxError(Status.ERR_NO_RESOURCES, f"cannot map the window: {e}") from e
         m = Mapping(self, vmo, offset, length, perms, fault_around, win, remote=False)
+        try:
+            # Faults of this process can deadlock on the GIL: see `watch_for_deadlock`.
+            watch_for_deadlock(win.uffd_fd)
+        except OSError as e:
+            self._discard_window(m)
+            raise ZxError(Status.ERR_NO_RESOURCES, str(e)) from e
         try:
             self.activate(m)
         except BaseException:
@@ -469,8 +489,11 @@ class MappingManager:
         """Free the window of a mapping that never became active."""
         import os
 
+        from vmo.pager._uffd_cffi import lib
+
         win = m._win
         if win.uffd_fd >= 0:
+            lib.vmo_wd_remove(win.uffd_fd)
             os.close(win.uffd_fd)
             win.uffd_fd = -1
         win.unmap_here()
