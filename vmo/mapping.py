@@ -74,6 +74,10 @@ if TYPE_CHECKING:
     from vmo.pager.fault_handler import FaultHandler, Window
     from vmo.vm_object import Vmo
 
+#: Seconds a workload's ``madvise`` range is watched for the hole punch of ``MADV_REMOVE``
+#: (see `MappingManager._range_removed`); faults in the range wait that long at most.
+REMOVE_SETTLE = 0.2
+
 #: Pages a fault installs by default (the faulting page and its already-present neighbours in
 #: the aligned block of this many pages). 1 turns fault-around off.
 DEFAULT_FAULT_AROUND = 16
@@ -555,48 +559,84 @@ class MappingManager:
     def _range_removed(self, m: Mapping, p0: int, p1: int, unmapped: bool) -> None:
         """The workload took window pages ``[p0, p1)`` away (crosvm's ``handle_page_remove``).
 
-        Either way the range leaves the window: checked-out pages are recalled (their bytes
-        are still in the window memfd when the event is read) and every copy is dropped, so
-        the next access faults and is served from the VMO. ``munmap`` (``unmapped``) keeps
-        the VMO's content. ``madvise(MADV_REMOVE)`` -- and ``MADV_DONTNEED``, which the
-        event cannot be told from -- *discards* the range, as it does for shared memory: the
-        VMO's pages there are decommitted (`VmoOp.DECOMMIT`; `VmoOp.ZERO` where DECOMMIT is
-        not supported, e.g. pager-backed VMOs), so the range reads as a fresh one. A
-        read-only mapping discards nothing. The VMO operation runs on a worker (a ZERO may
-        wait for a pager); faults in the range wait for it (`_removal_of`)."""
+        ``munmap`` (``unmapped``): the range leaves the window at once -- checked-out pages
+        are recalled (the window memfd still holds their bytes) and every copy is dropped; the
+        VMO keeps its content.
+
+        ``madvise``: the event is the same for ``MADV_REMOVE`` and ``MADV_DONTNEED``, and is
+        read before the kernel acts, so a worker watches the window memfd for up to
+        `REMOVE_SETTLE` seconds (faults in the range wait for it, `_removal_of`): a page the
+        window held that becomes a hole means ``MADV_REMOVE``, which *discards* the range --
+        the window's pages there are dropped (their bytes are gone) and the VMO's whole pages
+        there are decommitted (`VmoOp.DECOMMIT`; `VmoOp.ZERO` where DECOMMIT is not
+        supported, e.g. pager-backed VMOs), so the range reads as a fresh one. Otherwise it
+        was ``MADV_DONTNEED`` (the window memfd keeps the pages, as shared memory does), or a
+        range the window held nothing of: nothing changes. A read-only mapping discards
+        nothing."""
         with m._hier_lock:
             if m._dead:
                 return
-            with self.lock:
-                self._change_pages(m, p0, p1, True)
-            if unmapped or not m._writable:
+            if unmapped:
+                with self.lock:
+                    self._change_pages(m, p0, p1, True)
                 return
+            state = m._win.state
+            present = [p for p in range(p0, p1) if state[p] in (READ_ONLY, WRITABLE)]
             done = threading.Event()
             m._removals.append((p0, p1, done))
         vmo = m.vmo
         offset = (m._vpage + p0) * PAGE_SIZE
         length = (p1 - p0) * PAGE_SIZE
 
-        def discard() -> None:
+        def settle() -> None:
             from vmo.types import VmoOp
 
             try:
+                if not self._punched(m, present):
+                    return  # MADV_DONTNEED, or nothing of the range in the window
+                with m._hier_lock:
+                    if m._dead:
+                        return
+                    with self.lock:
+                        self._drop_pages(m, list(range(p0, p1)))
+                if not m._writable:
+                    return
                 try:
-                    vmo.op_range(VmoOp.DECOMMIT, offset, length)
+                    try:
+                        vmo.op_range(VmoOp.DECOMMIT, offset, length)
+                    except ZxError as e:
+                        if e.status != Status.ERR_NOT_SUPPORTED:
+                            raise
+                        vmo.op_range(VmoOp.ZERO, offset, length)
                 except ZxError as e:
-                    if e.status != Status.ERR_NOT_SUPPORTED:
-                        raise
-                    vmo.op_range(VmoOp.ZERO, offset, length)
-            except ZxError as e:
-                # The VMO closed, shrank or its pager failed: nothing more to discard.
-                m._removal_errors += 1
-                self.handler.errors.append(f"{m!r}: discarding a removed range: {e}")
+                    # The VMO closed, shrank or its pager failed: nothing more to discard.
+                    m._removal_errors += 1
+                    self.handler.errors.append(f"{m!r}: discarding a removed range: {e}")
             finally:
                 with m._hier_lock:
                     m._removals = [r for r in m._removals if r[2] is not done]
                 done.set()
 
-        self.handler.defer(discard, name=f"vmo-remove-{vmo.koid}")
+        self.handler.defer(settle, name=f"vmo-remove-{vmo.koid}")
+
+    def _punched(self, m: Mapping, pages: list[int]) -> bool:
+        """Does one of ``pages`` become a hole of the window memfd within `REMOVE_SETTLE`?"""
+        from vmo.pager import uffd
+
+        if not pages:
+            return False
+        fd = m._win.fd
+        deadline = time.monotonic() + REMOVE_SETTLE
+        while True:
+            for p in pages:
+                try:
+                    if uffd.lseek_data(fd, p * PAGE_SIZE) != p * PAGE_SIZE:
+                        return True
+                except OSError:
+                    return False  # the window is gone
+            if time.monotonic() > deadline or m._dead:
+                return False
+            time.sleep(0.0005)
 
     def _removal_of(self, m: Mapping, page: int) -> threading.Event | None:
         """The pending discard covering ``page``, if any (hierarchy lock held)."""
