@@ -253,7 +253,9 @@ class Mapping:
     def write(self, data: Any, offset: int = 0) -> None:
         """Store the bytes-like ``data`` at ``offset`` into the mapping; ``vmo.read`` and every
         other mapping of the VMO see it. Errors as `read`; a store through a mapping without
-        ``WRITE`` is ``ERR_ACCESS_DENIED``. A failure part-way may leave a prefix stored."""
+        ``WRITE`` is ``ERR_ACCESS_DENIED``. A failure part-way may leave part of ``data`` stored
+        (bytes before the page that failed, in the copy's order, which is not always a
+        prefix: ``memcpy`` may store the head last)."""
         view = _args.data_view("data", data)
         offset = _args.u64("offset", offset)
         self._check_access("write", offset, len(view), Perms.WRITE)
