@@ -12,14 +12,15 @@ import mmap
 import os
 import resource
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import test_workload
 
 import vmo
 from vmo import PAGE_SIZE, Kernel, Status, ZxError, mapping
 from vmo.pager.fault_handler import unavailable_reason
+from vmo.testing import robust
 
 PS = PAGE_SIZE
 _REASON = unavailable_reason()
@@ -86,15 +87,7 @@ def names(ctx: WorkloadContext) -> list[str]:
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def k() -> Iterator[Kernel]:
-    kernel = Kernel(memory=32 * 2**20, page_request_timeout=20.0)
-    yield kernel
-    try:
-        mapping.validate(kernel)
-        vmo.debug.validate(kernel)
-    finally:
-        kernel.close()
+k = test_workload.k  # the same fixture: a kernel validated at the end
 
 
 # ---------------------------------------------------------------- 1. remote unmap
@@ -135,33 +128,8 @@ def test_remote_unmap_releases_the_workloads_mapping_and_fd(k: Kernel) -> None:
 # ---------------------------------------------------------------- 2. workloads die with the host
 
 
-def spin(ctx: WorkloadContext) -> None:
-    while True:
-        pass
-
-
-HOST_SCRIPT = """
-import os, sys, time
-sys.path[:0] = {paths!r}
-import vmo
-from vmo.pager.remote import Workload
-k = vmo.Kernel(memory=8 << 20)
-v = k.vmo_create(4 * 4096)
-w = Workload(k)
-w.map(v, name="v")
-w.start("test_robustness:spin")
-print(w.pid, flush=True)
-if {wait!r}:
-    time.sleep(600)
-"""
-
-
 def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    return robust.process_alive(pid)
 
 
 def run_host(tmp_path: Any, wait: bool) -> tuple[Any, int]:
@@ -171,7 +139,7 @@ def run_host(tmp_path: Any, wait: bool) -> tuple[Any, int]:
     script = tmp_path / "host.py"
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
-    script.write_text(HOST_SCRIPT.format(paths=[here, root], wait=wait))
+    script.write_text(robust.HOST_SCRIPT.format(paths=[here, root], wait=wait))
     host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
     assert host.stdout is not None
     line = host.stdout.readline()

@@ -22,6 +22,7 @@ import pytest
 import vmo
 from vmo import PAGE_SIZE, ChildOptions, Kernel, Perms, Status, ZxError, mapping
 from vmo.pager.fault_handler import unavailable_reason
+from vmo.testing import robust
 
 PS = PAGE_SIZE
 _REASON = unavailable_reason()
@@ -62,15 +63,8 @@ def ctypes_store(ctx: WorkloadContext, name: str, offset: int, value: int) -> in
     return int(ctypes.c_uint32.from_address(view.address + offset).value)
 
 
-def store_forever(ctx: WorkloadContext, name: str) -> None:
-    """Write counter ``i`` into page ``i % pages`` (8 bytes at its start), forever."""
-    mv = ctx.mappings[name].memoryview()
-    pages = mv.nbytes // PS
-    i = 0
-    while True:
-        p = i % pages
-        mv[p * PS: p * PS + 8] = struct.pack("<Q", i)
-        i += 1
+# Write counter ``i`` into page ``i % pages`` (8 bytes at its start), forever.
+store_forever = robust.store_counters
 
 
 def checked_access(ctx: WorkloadContext, name: str, offset: int, write: bool) -> str:

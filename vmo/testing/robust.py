@@ -812,14 +812,15 @@ w = Workload(k)
 w.map(v, name="v")
 w.start("vmo.testing.robust:store_counters", "v")
 print(w.pid, flush=True)
-time.sleep(600)
+if {wait!r}:
+    time.sleep(600)
 """
 
 
 def host_kill_round(report: Report, rng: random.Random) -> None:
     """A host with a running workload, killed with SIGKILL: no process may be left."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT.format(paths=[here])],
+    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT.format(paths=[here], wait=True)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert host.stdout is not None
     try:
@@ -831,7 +832,7 @@ def host_kill_round(report: Report, rng: random.Random) -> None:
         report.hosts_killed += 1
         report.workloads_killed += 1
         deadline = time.monotonic() + 10
-        while _alive(wpid):
+        while process_alive(wpid):
             if time.monotonic() > deadline:
                 report.add_problem("leaks", f"workload {wpid} outlived its SIGKILLed host")
                 os.kill(wpid, signal.SIGKILL)
@@ -845,7 +846,8 @@ def host_kill_round(report: Report, rng: random.Random) -> None:
         host.stdout.close()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is ``pid`` running (not a zombie)?"""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(") ", 1)[1][0] != "Z"
@@ -1033,6 +1035,7 @@ __all__ = [
     "host_kill_round",
     "main",
     "pager_fault_round",
+    "process_alive",
     "run",
     "threads_round",
     "workload_kill_round",
