@@ -68,3 +68,14 @@ def test_workload_kills_at_random_points() -> None:
     robust.settle_and_check(before, report, "kills")
     assert report.ok, report.summary()
     assert report.workloads_killed == 3
+
+
+def test_vmo_fuzz_robust_runs_the_campaign(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmo import cli
+
+    calls: list[tuple[float, int | None]] = []
+    monkeypatch.setattr(robust, "main", lambda seconds, seed=None: calls.append((seconds, seed))
+                        or 0)
+    assert cli.main(["fuzz", "--robust", "--time", "7", "--seed", "5"]) == 0
+    assert cli.main(["fuzz", "--robust"]) == 0
+    assert calls == [(7.0, 5), (60.0, None)]
