@@ -27,6 +27,15 @@ which kills a process that touches memory with plain loads (as a real page fault
 would), or raises `vmo.pager.uffd.MemoryFault` from the ``*_checked`` accessors of `RemoteView`.
 In the workload a poisoned page stays poisoned (this process cannot clear it there).
 
+Lifetime. A workload never outlives this process: it asks for a parent-death signal (it is
+forked from one long-lived spawner thread, since the signal follows the forking thread) and a
+thread in it exits when this end of the socket closes; interpreter exit closes the workloads
+still open (``atexit``), and a `Workload` dropped without `Workload.close` is killed by its
+finalizer. `Mapping.unmap` of a workload's mapping (or its VMO's close, or the kernel's) tells
+the workload, which unmaps the window there and drops the name (see `RemoteView.close`).
+Windows are ``MADV_DONTFORK`` in the workload: a child it forks gets SIGSEGV on access.
+``madvise``/``munmap`` of a mapping in the workload: see `vmo.mapping` and docs/coherence.md.
+
 A workload that dies -- SIGKILL in the middle of a fault included -- leaves the kernel intact:
 this process watches its pidfd, and when it exits, unmaps its mappings as `Mapping.unmap` does
 (pages checked out for writing are recalled from the window first, so stores made before the
