@@ -534,9 +534,7 @@ def test_close_flushes_unless_told_not_to(k: Kernel, f: Path) -> None:
     fp.close(flush=False)
     assert f.read_bytes()[:4] == b"kept"
     assert f.read_bytes()[4:] == data[4:]
-    with pytest.raises(ZxError) as e:
-        fp.close()
-    assert e.value.status == Status.ERR_BAD_HANDLE
+    fp.close()  # idempotent
     assert k.live_vmos() == []
 
 

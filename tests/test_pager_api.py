@@ -1073,9 +1073,7 @@ def test_pager_is_a_context_manager(k: Kernel) -> None:
     with k.pager_create() as pager:
         v = pager.create_vmo(P)
     assert "closed" in repr(pager)
-    with pytest.raises(ZxError) as e:
-        pager.close()
-    assert e.value.status == Status.ERR_BAD_HANDLE
+    pager.close()  # idempotent
     req = None
     with pytest.raises(ZxError):
         req = pager.get_request(timeout=0)

@@ -1035,11 +1035,19 @@ def _add_fuzz(sub: Any) -> None:
     p.add_argument("--list-mutants", action="store_true", help="list the mutants and exit")
     p.add_argument("--mutants-dir", metavar="DIR",
                    help="the mutant catalogue (default: fuzz/mutants of this checkout)")
+    p.add_argument("--robust", action="store_true",
+                   help="run the robustness campaign instead (bad input, injected faults, "
+                        "threads, killed workloads, leaks) for --time seconds; see "
+                        "docs/robustness.md")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_fuzz)
 
 
 def _cmd_fuzz(args: argparse.Namespace) -> int:
+    if args.robust:
+        from vmo.testing import robust
+
+        return robust.main(60.0 if args.time is None else args.time, args.seed)
     from vmo.testing.console import fuzz_command
 
     return fuzz_command(args)

@@ -21,6 +21,7 @@ from vmo.types import MemoryStats, VmoOptions
 from vmo.vm_object import Vmo
 
 if TYPE_CHECKING:
+    from vmo.pager.file_pager import FilePager
     from vmo.pager.user_pager import Pager, PageRequest
 
 DEFAULT_MEMORY = 256 * 2**20
@@ -43,6 +44,10 @@ class Kernel:
         self._vmos: dict[int, weakref.ref[Vmo]] = {}
         self.closed = False
         self.zero_pages_deduped = 0
+        # What the kernel's close must close besides its VMOs (held weakly: each closes
+        # itself when dropped, or is kept alive by its VMOs).
+        self._pagers: weakref.WeakSet[Pager] = weakref.WeakSet()
+        self._file_pagers: weakref.WeakSet[FilePager] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return (f"<Kernel {self.pmm.total_frames * PAGE_SIZE >> 20} MiB, "
@@ -104,7 +109,14 @@ class Kernel:
         self._check_open()
         if handler is not None and not callable(handler):
             raise ZxError(Status.ERR_INVALID_ARGS, "handler must be callable or None")
-        return Pager(self, handler)
+        pager = Pager(self, handler)
+        with self._objects_lock:
+            self._pagers.add(pager)
+        return pager
+
+    def _own_file_pager(self, fp: FilePager) -> None:
+        with self._objects_lock:
+            self._file_pagers.add(fp)
 
     def reclaim_discardable(self, target_pages: int, min_age: float = 0.0) -> int:
         """Discard unlocked discardable VMOs, oldest unlock first, until ``target_pages`` are
@@ -231,11 +243,23 @@ class Kernel:
         """Close every VMO and free the arena. Further calls fail with ``ERR_BAD_HANDLE``."""
         if self.closed:
             return
-        # Mappings first: unmap them all (waking any thread waiting on a fault with an error)
+        # File pagers first, while everything works: each flushes its dirty pages to its file
+        # and closes its VMO, its pager and its file.
+        with self._objects_lock:
+            file_pagers = list(self._file_pagers)
+        for fp in file_pagers:
+            with contextlib.suppress(ZxError, OSError):
+                fp.close()
+        # Then mappings: unmap them all (waking any thread waiting on a fault with an error)
         # and stop the fault handler, which reads the arena.
         from vmo import mapping
 
         mapping.shutdown(self)
+        with self._objects_lock:
+            pagers = list(self._pagers)
+        for pager in pagers:
+            with contextlib.suppress(ZxError):
+                pager.close()
         for v in reversed(self.live_vmos()):
             with contextlib.suppress(ZxError):
                 v.close()

@@ -58,7 +58,7 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -72,8 +72,11 @@ from vmo.types import Perms
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
     from vmo.pager.fault_handler import FaultHandler, Window
-    from vmo.pager.source import Request
     from vmo.vm_object import Vmo
+
+#: Seconds a workload's ``madvise`` range is watched for the hole punch of ``MADV_REMOVE``
+#: (see `MappingManager._range_removed`); faults in the range wait that long at most.
+REMOVE_SETTLE = 0.2
 
 #: Pages a fault installs by default (the faulting page and its already-present neighbours in
 #: the aligned block of this many pages). 1 turns fault-around off.
@@ -167,6 +170,13 @@ class Mapping:
         # (see `MappingManager._write_fault_locked`); guarded by the hierarchy lock.
         self._keep = -1
         self._kept = False
+        # Discards of ranges the workload removed, pending: (first page, end page, done).
+        # Faults there wait for them (`MappingManager._range_removed`); hierarchy lock.
+        self._removals: list[tuple[int, int, threading.Event]] = []
+        self._removal_errors = 0
+        # Called once, after the teardown, by whoever must hear of it (a workload tells its
+        # process to release the mapping there); never under a lock.
+        self._on_unmap: Callable[[Mapping], None] | None = None
 
     def __repr__(self) -> str:
         state = "unmapped" if self._dead else f"at {self._win.address:#x}"
@@ -243,7 +253,9 @@ class Mapping:
     def write(self, data: Any, offset: int = 0) -> None:
         """Store the bytes-like ``data`` at ``offset`` into the mapping; ``vmo.read`` and every
         other mapping of the VMO see it. Errors as `read`; a store through a mapping without
-        ``WRITE`` is ``ERR_ACCESS_DENIED``. A failure part-way may leave a prefix stored."""
+        ``WRITE`` is ``ERR_ACCESS_DENIED``. A failure part-way may leave part of ``data`` stored
+        (bytes before the page that failed, in the copy's order, which is not always a
+        prefix: ``memcpy`` may store the head last)."""
         view = _args.data_view("data", data)
         offset = _args.u64("offset", offset)
         self._check_access("write", offset, len(view), Perms.WRITE)
@@ -287,9 +299,8 @@ class Mapping:
 
     def unmap(self) -> None:
         """Unmap (``zx_vmar_unmap``): stores made so far are in the VMO; any later access, and
-        any access waiting on a fault now, fails with ``ERR_BAD_STATE``."""
-        if self._dead:
-            raise ZxError(Status.ERR_BAD_STATE, "the mapping is already unmapped")
+        any access waiting on a fault now, fails with ``ERR_BAD_STATE``. Idempotent: unmapping
+        an unmapped mapping (by `unmap`, its VMO's close or the kernel's) does nothing."""
         self._teardown()
 
     def __enter__(self) -> Mapping:
@@ -347,6 +358,29 @@ class Mapping:
         # The userfaultfd became unreadable (the workload's process is gone): drop the mapping.
         self._teardown()
 
+    def on_watchdog_failure(self, address: int) -> None:
+        """The deadlock watchdog failed a fault of this (local) mapping: record it as a failed
+        fault (``ERR_BAD_STATE``), so that the accessor's report and the poison's clearing
+        work as for any other failure."""
+        page = (address - self._win.address) >> _PAGE_SHIFT
+        if not 0 <= page < self._npages:
+            return
+        mgr = self._mgr
+        with self._hier_lock, mgr.lock:
+            self._failed += 1
+            self._failures[page] = Status.ERR_BAD_STATE
+            if not self._dead and self._win.state[page] == ABSENT:
+                self._win.state[page] = POISONED
+
+    def on_range_removed(self, start: int, end: int, unmapped: bool) -> None:
+        """The workload took ``[start, end)`` of this mapping away (on the handler thread):
+        see `MappingManager._range_removed`."""
+        base = self._win.address
+        p0 = max(0, (start - base) >> _PAGE_SHIFT)
+        p1 = min(self._npages, (end - base + PAGE_SIZE - 1) >> _PAGE_SHIFT)
+        if p0 < p1:
+            self._mgr._range_removed(self, p0, p1, unmapped)
+
 
 def _check_perms(perms: Perms, vmo: Vmo) -> None:
     if perms & Perms.WRITE and not perms & Perms.READ:
@@ -402,7 +436,7 @@ class MappingManager:
 
     def map_local(self, vmo: Vmo, offset: int, length: int, perms: Perms,
                   fault_around: int) -> Mapping:
-        from vmo.pager.fault_handler import Window
+        from vmo.pager.fault_handler import Window, watch_for_deadlock
 
         try:
             win = Window(length, f"vmo-{vmo.koid}-window")
@@ -416,6 +450,12 @@ class MappingManager:
             win.close()
             raise ZxError(Status.ERR_NO_RESOURCES, f"cannot map the window: {e}") from e
         m = Mapping(self, vmo, offset, length, perms, fault_around, win, remote=False)
+        try:
+            # Faults of this process can deadlock on the GIL: see `watch_for_deadlock`.
+            watch_for_deadlock(win.uffd_fd)
+        except OSError as e:
+            self._discard_window(m)
+            raise ZxError(Status.ERR_NO_RESOURCES, str(e)) from e
         try:
             self.activate(m)
         except BaseException:
@@ -455,8 +495,11 @@ class MappingManager:
         """Free the window of a mapping that never became active."""
         import os
 
+        from vmo.pager._uffd_cffi import lib
+
         win = m._win
         if win.uffd_fd >= 0:
+            lib.vmo_wd_remove(win.uffd_fd)
             os.close(win.uffd_fd)
             win.uffd_fd = -1
         win.unmap_here()
@@ -464,7 +507,7 @@ class MappingManager:
 
     # ---------------------------------------------------------------- serving faults
 
-    def _resolve(self, m: Mapping, page: int, write: int) -> tuple[Any, Request] | None:
+    def _resolve(self, m: Mapping, page: int, write: int) -> tuple[Any, Any] | None:
         """Resolve one fault under the hierarchy lock. Returns ``(source, request)`` when a
         page source must act first (the request is registered; wait for it, then retry)."""
         with m._hier_lock:
@@ -475,6 +518,16 @@ class MappingManager:
                 # Mapped while the VMO was being closed: unmap it now.
                 self._teardown(m)
                 return None
+            if m._removals:
+                done = self._removal_of(m, page)
+                if done is not None:
+                    return None, done  # wait for the discard of a removed range first
+            if m.remote:
+                s = m._win.state[page]
+                if s == WRITABLE or (s == READ_ONLY and not write):
+                    # A missing fault (a store to a read-only copy is a write-protect fault)
+                    # at a page the window believes present: stale, or removed under us.
+                    self._removed_under_us(m, page)
             try:
                 if write:
                     self._write_fault_locked(m, page)
@@ -505,6 +558,112 @@ class MappingManager:
                 self._internal_error(m, page)
         return None
 
+    def _range_removed(self, m: Mapping, p0: int, p1: int, unmapped: bool) -> None:
+        """The workload took window pages ``[p0, p1)`` away (crosvm's ``handle_page_remove``).
+
+        ``munmap`` (``unmapped``): the range leaves the window at once -- checked-out pages
+        are recalled (the window memfd still holds their bytes) and every copy is dropped; the
+        VMO keeps its content.
+
+        ``madvise``: the event is the same for ``MADV_REMOVE`` and ``MADV_DONTNEED``, and is
+        read before the kernel acts, so a worker watches the window memfd for up to
+        `REMOVE_SETTLE` seconds (faults in the range wait for it, `_removal_of`): a page the
+        window held that becomes a hole means ``MADV_REMOVE``, which *discards* the range --
+        the window's pages there are dropped (their bytes are gone) and the VMO's whole pages
+        there are decommitted (`VmoOp.DECOMMIT`; `VmoOp.ZERO` where DECOMMIT is not
+        supported, e.g. pager-backed VMOs), so the range reads as a fresh one. Otherwise it
+        was ``MADV_DONTNEED`` (the window memfd keeps the pages, as shared memory does), or a
+        range the window held nothing of: nothing changes. A read-only mapping discards
+        nothing."""
+        with m._hier_lock:
+            if m._dead:
+                return
+            if unmapped:
+                with self.lock:
+                    self._change_pages(m, p0, p1, True)
+                return
+            state = m._win.state
+            present = [p for p in range(p0, p1) if state[p] in (READ_ONLY, WRITABLE)]
+            done = threading.Event()
+            m._removals.append((p0, p1, done))
+        vmo = m.vmo
+        offset = (m._vpage + p0) * PAGE_SIZE
+        length = (p1 - p0) * PAGE_SIZE
+
+        def settle() -> None:
+            from vmo.types import VmoOp
+
+            try:
+                if not self._punched(m, present):
+                    return  # MADV_DONTNEED, or nothing of the range in the window
+                with m._hier_lock:
+                    if m._dead:
+                        return
+                    with self.lock:
+                        self._drop_pages(m, list(range(p0, p1)))
+                if not m._writable:
+                    return
+                try:
+                    try:
+                        vmo.op_range(VmoOp.DECOMMIT, offset, length)
+                    except ZxError as e:
+                        if e.status != Status.ERR_NOT_SUPPORTED:
+                            raise
+                        vmo.op_range(VmoOp.ZERO, offset, length)
+                except ZxError as e:
+                    # The VMO closed, shrank or its pager failed: nothing more to discard.
+                    m._removal_errors += 1
+                    self.handler.errors.append(f"{m!r}: discarding a removed range: {e}")
+            finally:
+                with m._hier_lock:
+                    m._removals = [r for r in m._removals if r[2] is not done]
+                done.set()
+
+        self.handler.defer(settle, name=f"vmo-remove-{vmo.koid}")
+
+    def _punched(self, m: Mapping, pages: list[int]) -> bool:
+        """Does one of ``pages`` become a hole of the window memfd within `REMOVE_SETTLE`?"""
+        from vmo.pager import uffd
+
+        if not pages:
+            return False
+        fd = m._win.fd
+        deadline = time.monotonic() + REMOVE_SETTLE
+        while True:
+            for p in pages:
+                try:
+                    if uffd.lseek_data(fd, p * PAGE_SIZE) != p * PAGE_SIZE:
+                        return True
+                except OSError:
+                    return False  # the window is gone
+            if time.monotonic() > deadline or m._dead:
+                return False
+            time.sleep(0.0005)
+
+    def _removal_of(self, m: Mapping, page: int) -> threading.Event | None:
+        """The pending discard covering ``page``, if any (hierarchy lock held)."""
+        for p0, p1, done in m._removals:
+            if p0 <= page < p1:
+                return done
+        return None
+
+    def _removed_under_us(self, m: Mapping, page: int) -> bool:
+        """A missing fault at a page the window believes present: was the page taken out of
+        the window memfd behind the handler's back (``MADV_REMOVE`` racing with a refill)?
+        Then drop it (its bytes are gone, as the removal meant) so the fault can be served."""
+        from vmo.pager import uffd
+
+        win = m._win
+        try:
+            data = uffd.lseek_data(win.fd, page * PAGE_SIZE)
+        except OSError:
+            return False
+        if data == page * PAGE_SIZE:
+            return False
+        with self.lock:
+            self._drop_pages(m, [page])
+        return True
+
     def _internal_error(self, m: Mapping, page: int) -> None:
         """A bug: the faulting thread gets ``ERR_INTERNAL`` rather than a hang; the handler
         records the traceback (``handler.errors``) and keeps serving."""
@@ -519,7 +678,7 @@ class MappingManager:
                 m._win.wake(page)
 
     def _defer(self, m: Mapping, page: int, write: bool,
-               wait: tuple[Any, Request]) -> None:
+               wait: tuple[Any, Any]) -> None:
         key = (m._key_base | page, write)
         if key in self._pending:
             return  # a worker already waits for this page; its retry wakes every waiter
@@ -530,7 +689,12 @@ class MappingManager:
             try:
                 while True:
                     try:
-                        source.wait(request, self.page_request_timeout)
+                        if source is None:  # a discard of a removed range (`_range_removed`)
+                            if not request.wait(self.page_request_timeout):
+                                raise ZxError(Status.ERR_TIMED_OUT,
+                                              "the discard of a removed range did not end")
+                        else:
+                            source.wait(request, self.page_request_timeout)
                     except ZxError as e:
                         with m.vmo._hier.lock:
                             if m._dead:
@@ -1140,6 +1304,14 @@ class MappingManager:
         self.handler.remove(m._win.uffd_fd, then=lambda: self._close_window(m))
         if not m.remote:
             self._wait_for_users(m)
+        hook, m._on_unmap = m._on_unmap, None
+        if hook is not None:
+            try:
+                hook(m)
+            except Exception:  # noqa: BLE001 - the mapping is gone here whatever it says
+                import traceback
+
+                self.handler.errors.append(traceback.format_exc())
 
     def _close_window(self, m: Mapping) -> None:
         with m.vmo._hier.lock:

@@ -433,14 +433,16 @@ class Vmo:
     # ---------------------------------------------------------------- closing
 
     def close(self) -> None:
-        """Close the handle (``zx_handle_close``). Closing twice is ``ERR_BAD_HANDLE``."""
+        """Close the handle (``zx_handle_close``): unmaps its mappings, unpins its pins.
+        Idempotent, as Python's ``close()`` is: a second close does nothing (any other call
+        on a closed VMO is ``ERR_BAD_HANDLE``)."""
         if self._closed:
-            raise ZxError(Status.ERR_BAD_HANDLE, f"VMO koid {self.koid} is already closed")
+            return
         for m in list(self.mappings):
             m._teardown()
         with self._hier.lock:
             if self._closed:
-                raise ZxError(Status.ERR_BAD_HANDLE, f"VMO koid {self.koid} is already closed")
+                return  # closed by another thread meanwhile
             self._closed = True
             # Our pins go with the handle: a pin outliving its VMO could never be unpinned.
             for pinned in list(self._pins):

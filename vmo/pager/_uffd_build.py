@@ -255,6 +255,21 @@ int vmo_uffd_writeprotect(int fd, uint64_t start, uint64_t len, uint64_t mode);
 /* <signal.h> */
 #define SIGBUS ...
 #define SIGSEGV ...
+#define SIGKILL ...
+#define SIGTERM ...
+
+/* prctl(PR_SET_PDEATHSIG): 0, or -errno. A workload process dies with its host. */
+int vmo_set_pdeathsig(int sig);
+
+/* The in-process deadlock watchdog (see vmo.pager.fault_handler): a thread without the GIL
+   that fails page faults of this process's own windows left unread for `timeout_ns`. */
+int vmo_wd_start(int64_t timeout_ns);
+void vmo_wd_set_timeout(int64_t timeout_ns);
+int vmo_wd_add(int fd);
+void vmo_wd_remove(int fd);
+int vmo_wd_take(uint64_t *out, int max);
+extern volatile int vmo_wd_pending;
+extern volatile uint64_t vmo_wd_failed_total;
 
 /* Copies and touches that run without the GIL. */
 int vmo_copy(void *dst, const void *src, size_t n);
@@ -285,7 +300,9 @@ C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -381,6 +398,10 @@ static int vmo_mremap(void *old_address, size_t old_size, size_t new_size, int f
 
 /* ---- Reading events -------------------------------------------------------------------------- */
 
+/* Held around every read(2) of a userfaultfd, so that the deadlock watchdog (below) and the
+   fault handler never read the same descriptor at once. */
+static pthread_mutex_t vmo_wd_read_lock = PTHREAD_MUTEX_INITIALIZER;
+
 #define VMO_UFFD_READ_MAX 64
 
 struct vmo_uffd_event {
@@ -403,7 +424,9 @@ static int vmo_uffd_read_msgs(int fd, struct uffd_msg *msgs, int max)
     }
     if (max > VMO_UFFD_READ_MAX)
         max = VMO_UFFD_READ_MAX;
+    pthread_mutex_lock(&vmo_wd_read_lock);
     n = read(fd, msgs, sizeof(msgs[0]) * (size_t)max);
+    pthread_mutex_unlock(&vmo_wd_read_lock);
     if (n < 0)
         return -1;
     if ((size_t)n % sizeof(msgs[0]) != 0) {
@@ -468,6 +491,10 @@ static int vmo_uffd_read_faults(int fd, uint64_t *out, int max)
         if (m->event == UFFD_EVENT_PAGEFAULT) {
             out[2 * i] = (uint64_t)m->event | ((uint64_t)m->arg.pagefault.flags << 8);
             out[2 * i + 1] = m->arg.pagefault.address;
+        } else if (m->event == UFFD_EVENT_REMOVE || m->event == UFFD_EVENT_UNMAP) {
+            /* The range's end in the upper bits: user addresses fit in 56 bits. */
+            out[2 * i] = (uint64_t)m->event | ((uint64_t)m->arg.remove.end << 8);
+            out[2 * i + 1] = m->arg.remove.start;
         } else {
             out[2 * i] = (uint64_t)m->event;
             out[2 * i + 1] = m->arg.reserved.reserved1;
@@ -729,6 +756,205 @@ static int vmo_touch_checked(void *addr, size_t len, size_t stride, int write, u
     VMO_BARRIER();
     vmo_current_guard = NULL;
     return 0;
+}
+
+/* ---- The parent-death signal ------------------------------------------------------------------ */
+
+static int vmo_set_pdeathsig(int sig)
+{
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL) != 0)
+        return -errno;
+    return 0;
+}
+
+/* ---- The in-process deadlock watchdog -----------------------------------------------------------
+ * A thread of this process that holds the GIL and touches an absent page of one of its own
+ * windows waits for the fault handler, which needs the GIL to serve it: neither ever runs again.
+ * Nothing in Python can see it, so this C thread (it never takes the GIL) watches the
+ * userfaultfds of this process's own windows: a fault message that stays unread for `timeout`
+ * means the handler cannot run. It reads the message, says so on stderr, and fails the fault
+ * with UFFDIO_POISON (the access gets SIGBUS, as any failed fault does). The handler learns of
+ * the pages it poisoned through vmo_wd_take. */
+
+#define VMO_WD_MAX_FDS 1024
+#define VMO_WD_MAX_FAILED 256
+
+static pthread_mutex_t vmo_wd_lock = PTHREAD_MUTEX_INITIALIZER;
+static int vmo_wd_fds[VMO_WD_MAX_FDS];
+static int64_t vmo_wd_since[VMO_WD_MAX_FDS];  /* readable without a break since (ns), or 0 */
+static int vmo_wd_nfds;
+static int vmo_wd_started;
+static int64_t vmo_wd_timeout = 3000000000LL;
+static uint64_t vmo_wd_failed[2 * VMO_WD_MAX_FAILED];
+volatile int vmo_wd_pending;
+volatile uint64_t vmo_wd_failed_total;
+
+static int64_t vmo_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void vmo_wd_fail(int fd, uint64_t address)
+{
+    char msg[512];
+    struct uffdio_poison p;
+    uint64_t page = address & ~(uint64_t)(sysconf(_SC_PAGESIZE) - 1);
+    int len;
+
+    len = snprintf(msg, sizeof msg,
+        "vmo: deadlock: a thread of this process touched mapped memory at %#llx while holding "
+        "the GIL, which the fault handler needs to serve the fault (left unread %.1f s). The "
+        "access is failed with SIGBUS. In this process touch mappings only through "
+        "Mapping.read/Mapping.write (they release the GIL); plain loads and stores (ctypes, "
+        "numpy, memoryview of the address) belong in a workload process "
+        "(vmo.pager.remote.Workload).\n",
+        (unsigned long long)address, (double)vmo_wd_timeout / 1e9);
+    if (len > 0)
+        (void)!write(2, msg, (size_t)(len < (int)sizeof msg ? len : (int)sizeof msg - 1));
+    /* A write-protect marker would refuse the poison: clear it first, without waking. */
+    (void)vmo_uffd_writeprotect(fd, page, (uint64_t)sysconf(_SC_PAGESIZE),
+                                UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
+    memset(&p, 0, sizeof p);
+    p.range.start = page;
+    p.range.len = (uint64_t)sysconf(_SC_PAGESIZE);
+    p.mode = 0;
+    if (ioctl(fd, UFFDIO_POISON, &p) != 0) {
+        struct uffdio_range r;
+        r.start = page;
+        r.len = (uint64_t)sysconf(_SC_PAGESIZE);
+        (void)ioctl(fd, UFFDIO_WAKE, &r);  /* present after all: let the access retry */
+    }
+    if (vmo_wd_pending < VMO_WD_MAX_FAILED) {
+        vmo_wd_failed[2 * vmo_wd_pending] = (uint64_t)fd;
+        vmo_wd_failed[2 * vmo_wd_pending + 1] = page;
+        vmo_wd_pending++;
+    }
+    vmo_wd_failed_total++;
+}
+
+static void *vmo_wd_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct timespec tick = {0, 100000000L};
+        int64_t now;
+        int i;
+
+        nanosleep(&tick, NULL);
+        now = vmo_now_ns();
+        pthread_mutex_lock(&vmo_wd_lock);
+        for (i = 0; i < vmo_wd_nfds; i++) {
+            struct pollfd pfd;
+            pfd.fd = vmo_wd_fds[i];
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+            if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLIN)) {
+                vmo_wd_since[i] = 0;
+                continue;
+            }
+            if (vmo_wd_since[i] == 0) {
+                vmo_wd_since[i] = now;
+                continue;
+            }
+            if (now - vmo_wd_since[i] < vmo_wd_timeout)
+                continue;
+            {
+                struct uffd_msg msgs[VMO_UFFD_READ_MAX];
+                int n, j;
+                pthread_mutex_lock(&vmo_wd_read_lock);
+                n = (int)read(pfd.fd, msgs, sizeof msgs);
+                pthread_mutex_unlock(&vmo_wd_read_lock);
+                for (j = 0; n > 0 && j < n / (int)sizeof(msgs[0]); j++)
+                    if (msgs[j].event == UFFD_EVENT_PAGEFAULT)
+                        vmo_wd_fail(pfd.fd, msgs[j].arg.pagefault.address);
+            }
+            vmo_wd_since[i] = 0;
+        }
+        pthread_mutex_unlock(&vmo_wd_lock);
+    }
+    return NULL;
+}
+
+static int vmo_wd_start(int64_t timeout_ns)
+{
+    int rc = 0;
+    pthread_mutex_lock(&vmo_wd_lock);
+    if (timeout_ns > 0)
+        vmo_wd_timeout = timeout_ns;
+    if (!vmo_wd_started) {
+        pthread_t t;
+        pthread_attr_t a;
+        sigset_t all, old;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        /* Signals are for Python's threads, never this one. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        rc = pthread_create(&t, &a, vmo_wd_main, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&a);
+        if (rc == 0)
+            vmo_wd_started = 1;
+        else
+            rc = -rc;
+    }
+    pthread_mutex_unlock(&vmo_wd_lock);
+    return rc;
+}
+
+static void vmo_wd_set_timeout(int64_t timeout_ns)
+{
+    pthread_mutex_lock(&vmo_wd_lock);
+    if (timeout_ns > 0)
+        vmo_wd_timeout = timeout_ns;
+    pthread_mutex_unlock(&vmo_wd_lock);
+}
+
+static int vmo_wd_add(int fd)
+{
+    int rc = -ENOSPC;
+    pthread_mutex_lock(&vmo_wd_lock);
+    if (vmo_wd_nfds < VMO_WD_MAX_FDS) {
+        vmo_wd_fds[vmo_wd_nfds] = fd;
+        vmo_wd_since[vmo_wd_nfds] = 0;
+        vmo_wd_nfds++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&vmo_wd_lock);
+    return rc;
+}
+
+/* Must be called before `fd` is closed. */
+static void vmo_wd_remove(int fd)
+{
+    int i;
+    pthread_mutex_lock(&vmo_wd_lock);
+    for (i = 0; i < vmo_wd_nfds; i++) {
+        if (vmo_wd_fds[i] == fd) {
+            vmo_wd_nfds--;
+            vmo_wd_fds[i] = vmo_wd_fds[vmo_wd_nfds];
+            vmo_wd_since[i] = vmo_wd_since[vmo_wd_nfds];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&vmo_wd_lock);
+}
+
+/* The faults failed since the last call: pairs (fd, page address) into `out`; returns the
+   count of pairs. */
+static int vmo_wd_take(uint64_t *out, int max)
+{
+    int n;
+    pthread_mutex_lock(&vmo_wd_lock);
+    n = vmo_wd_pending < max ? vmo_wd_pending : max;
+    memcpy(out, vmo_wd_failed, sizeof(uint64_t) * 2 * (size_t)n);
+    memmove(vmo_wd_failed, vmo_wd_failed + 2 * n,
+            sizeof(uint64_t) * 2 * (size_t)(vmo_wd_pending - n));
+    vmo_wd_pending -= n;
+    pthread_mutex_unlock(&vmo_wd_lock);
+    return n;
 }
 """
 

@@ -68,8 +68,13 @@ POISONED = 3  # a failed fault: accesses get SIGBUS until the faulting side clea
 
 #: Features every window's userfaultfd needs: write protection on shmem and poisoning.
 REQUIRED_FEATURES = uffd.Feature.WP_HUGETLBFS_SHMEM | uffd.Feature.POISON
+#: What a workload's userfaultfd adds: it hears when the workload takes part of a mapping away
+#: (``madvise(MADV_REMOVE/MADV_DONTNEED)``, ``munmap``), see `FaultSink.on_range_removed`.
+WORKLOAD_FEATURES = REQUIRED_FEATURES | uffd.Feature.EVENT_REMOVE | uffd.Feature.EVENT_UNMAP
 
 _PAGEFAULT = lib.UFFD_EVENT_PAGEFAULT
+_REMOVE = lib.UFFD_EVENT_REMOVE
+_UNMAP = lib.UFFD_EVENT_UNMAP
 # The flags as they sit in the first word of a `vmo_uffd_read_faults` record.
 _FLAG_WRITE = lib.UFFD_PAGEFAULT_FLAG_WRITE << 8
 _FLAG_WP = lib.UFFD_PAGEFAULT_FLAG_WP << 8
@@ -79,6 +84,47 @@ _WP_SET = lib.UFFDIO_WRITEPROTECT_MODE_WP
 _WP_DONTWAKE = lib.UFFDIO_WRITEPROTECT_MODE_DONTWAKE
 _uffd_copy = lib.vmo_uffd_copy
 _uffd_writeprotect = lib.vmo_uffd_writeprotect
+
+
+#: Seconds a fault of this process's own windows may stay unread before the deadlock
+#: watchdog fails it (see `watch_for_deadlock`).
+DEADLOCK_TIMEOUT = 5.0
+
+
+def _wd_pending() -> int:
+    return int(lib.vmo_wd_pending)
+
+
+def watch_for_deadlock(uffd_fd: int, timeout: float | None = None) -> None:
+    """Watch ``uffd_fd`` (the userfaultfd of a window whose faulting mapping is in *this*
+    process) for the in-process deadlock.
+
+    A thread that holds the GIL and touches an absent mapped page (``ctypes.string_at``,
+    numpy, a ``memoryview`` of the address: anything but `vmo.Mapping.read`/`write`, which
+    release the GIL) waits for the fault handler, and the handler waits for the GIL: both
+    would hang forever, deaf to Ctrl-C. Nothing in Python can run then, so a thread in C
+    (started once per process, never taking the GIL) watches these descriptors: a fault left
+    unread for ``timeout`` seconds (default `DEADLOCK_TIMEOUT`) is read there, reported on
+    stderr with what to do instead, and failed: the access gets SIGBUS, as any failed fault
+    does (a plain load then kills the process, which beats a hang). The handler learns of it
+    when it runs again. A handler legitimately blocked that long (a hierarchy lock held for
+    seconds by another thread) would see its fault failed too: raise the timeout then."""
+    seconds = DEADLOCK_TIMEOUT if timeout is None else timeout
+    rc = lib.vmo_wd_start(int(seconds * 1e9))
+    if rc != 0:
+        raise OSError(-rc, f"cannot start the deadlock watchdog: {os.strerror(-rc)}")
+    rc = lib.vmo_wd_add(uffd_fd)
+    if rc != 0:
+        raise OSError(-rc, "too many windows watched for deadlocks")
+
+
+def set_deadlock_timeout(seconds: float) -> None:
+    """Change the deadlock watchdog's timeout (seconds > 0), for every window."""
+    global DEADLOCK_TIMEOUT
+    if not seconds > 0:
+        raise ValueError("the deadlock timeout must be positive")
+    DEADLOCK_TIMEOUT = float(seconds)
+    lib.vmo_wd_set_timeout(int(seconds * 1e9))
 
 
 def unavailable_reason() -> str | None:
@@ -131,6 +177,9 @@ class Window:
         """Map ``W`` in this process (the faulting mapping of a local mapping); returns the
         address. Not registered yet: see `register_here`."""
         self.local_address = uffd.mmap(0, self.length, prot, uffd.MAP_SHARED, self.fd)
+        # A child forked from this process (a subprocess before its exec) does not inherit
+        # it: its copy would bypass the fault handler.
+        uffd.madvise(self.local_address, self.length, uffd.MADV_DONTFORK)
         return self.local_address
 
     def register_here(self) -> None:
@@ -294,6 +343,13 @@ class FaultSink(Protocol):
 
     def on_uffd_error(self, err: int) -> None: ...
 
+    def on_watchdog_failure(self, address: int) -> None:
+        """The deadlock watchdog failed the fault at ``address`` (poisoned its page)."""
+
+    def on_range_removed(self, start: int, end: int, unmapped: bool) -> None:
+        """The faulting process took ``[start, end)`` away: ``munmap`` (``unmapped``) or
+        ``madvise(MADV_REMOVE/MADV_DONTNEED)``."""
+
 
 class FaultHandler:
     """The thread that reads every registered userfaultfd and dispatches its faults.
@@ -432,6 +488,7 @@ class FaultHandler:
         elif op == "remove":
             if self._sinks.pop(fd, None) is not None:
                 self._unregister(fd)
+                lib.vmo_wd_remove(fd)  # before the number can be reused
                 with contextlib.suppress(OSError):
                     os.close(fd)
             if arg is not None:
@@ -482,6 +539,8 @@ class FaultHandler:
             while not self._stopping:
                 ready = poll()
                 self.wakeups += 1
+                if _wd_pending():
+                    self._take_watchdog_failures()
                 for fd, revents in ready:
                     if fd == wake_r:
                         self._drain_ops()
@@ -525,16 +584,37 @@ class FaultHandler:
                 return
             self.events_read += n
             for i in range(0, 2 * n, 2):
-                head = words[i]  # event | flags << 8
-                if head & 0xFF != _PAGEFAULT:
-                    continue  # no non-cooperative event is enabled on our descriptors
+                head = words[i]  # event | flags << 8 (REMOVE/UNMAP: event | end << 8)
                 try:
-                    on_fault(words[i + 1], head & _FLAG_WRITE, head & _FLAG_WP)
+                    if head & 0xFF == _PAGEFAULT:
+                        on_fault(words[i + 1], head & _FLAG_WRITE, head & _FLAG_WP)
+                    elif head & 0xFF in (_REMOVE, _UNMAP):
+                        sink.on_range_removed(words[i + 1], head >> 8,
+                                              head & 0xFF == _UNMAP)
                 except BaseException:  # noqa: BLE001 - the sink failed; keep serving
                     self.errors.append(traceback.format_exc())
             if self._sinks.get(fd) is not sink:
                 return
             spin_ns = 0 if self._ops or self._stopping else int(self.busy_poll * 1e9)
+
+    def _take_watchdog_failures(self) -> None:
+        """Tell the sinks which faults the deadlock watchdog failed (see `watch_for_deadlock`)."""
+        out = ffi.new("uint64_t[]", 2 * 64)
+        while True:
+            n = lib.vmo_wd_take(out, 64)
+            if n <= 0:
+                return
+            for i in range(n):
+                fd, address = int(out[2 * i]), int(out[2 * i + 1])
+                self.errors.append(f"deadlock watchdog: failed the fault at {address:#x} "
+                                   f"(userfaultfd {fd}) of a thread that held the GIL")
+                sink = self._sinks.get(fd)
+                if sink is None:
+                    continue
+                try:
+                    sink.on_watchdog_failure(address)
+                except BaseException:  # noqa: BLE001
+                    self.errors.append(traceback.format_exc())
 
     def _notify_error(self, sink: FaultSink, err: int) -> None:
         try:
@@ -545,6 +625,7 @@ class FaultHandler:
 
 __all__ = [
     "ABSENT",
+    "DEADLOCK_TIMEOUT",
     "POISONED",
     "READ_ONLY",
     "REQUIRED_FEATURES",
@@ -552,5 +633,7 @@ __all__ = [
     "FaultHandler",
     "FaultSink",
     "Window",
+    "set_deadlock_timeout",
     "unavailable_reason",
+    "watch_for_deadlock",
 ]

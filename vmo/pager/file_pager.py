@@ -55,6 +55,9 @@ import errno
 import os
 import threading
 import time
+import warnings
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -220,7 +223,10 @@ class FilePager:
         self._aux_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        handler = self.handle if mode == "handler" else None
+        self._close_lock = threading.RLock()
+        # The pager's handler holds this object weakly: a dropped FilePager can be collected
+        # (and closed by its finalizer) although the kernel keeps the pager alive.
+        handler = _weak_handler(self) if mode == "handler" else None
         self.pager: Pager = kernel.pager_create(handler)
         options = PagerVmoOptions(0)
         if trap_dirty:
@@ -233,6 +239,7 @@ class FilePager:
             self.pager.close()
             raise
         self.vmo.name = os.path.basename(self.path) if name is None else name
+        kernel._own_file_pager(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._size} bytes"
@@ -537,14 +544,27 @@ class FilePager:
 
     def close(self, *, flush: bool = True) -> None:
         """Flush (unless ``flush=False``), detach and close the VMO, close the pager, stop the
-        serving thread and close the file. Closing twice is ``ERR_BAD_HANDLE``."""
-        self._check_open()
-        try:
-            if flush and not self.kernel.closed and not self.vmo.closed:
-                self.flush()
-        finally:
-            self._closed = True
-            self._teardown()
+        serving thread and close the file. Idempotent: a second close does nothing. The
+        kernel's close closes every `FilePager` of the kernel (flushing it) first; one that
+        is dropped without `close` is closed by its finalizer, with a ``ResourceWarning``."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                if flush and not self.kernel.closed and not self.vmo.closed:
+                    self.flush()
+            finally:
+                self._closed = True
+                self._teardown()
+
+    def __del__(self) -> None:
+        # Like an unclosed file: warn, then close. Not here -- a collection can run on any
+        # thread, in the middle of anything, even under a hierarchy lock -- but on the
+        # closer thread.
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        _closer.close_later(self)
 
     def _teardown(self) -> None:
         kernel_open = not self.kernel.closed
@@ -574,6 +594,63 @@ class FilePager:
     def __exit__(self, *exc: object) -> None:
         if not self._closed:
             self.close()
+
+
+def _weak_handler(fp: FilePager) -> Callable[[PageRequest], None]:
+    ref = weakref.ref(fp)
+
+    def handle(request: PageRequest) -> None:
+        target = ref()
+        if target is None:
+            raise ZxError(Status.ERR_BAD_STATE, "the FilePager was dropped")
+        target.handle(request)
+
+    return handle
+
+
+class _Closer:
+    """Closes dropped `FilePager`s on a thread of its own (see `FilePager.__del__`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[FilePager] = []
+        self._thread: threading.Thread | None = None
+
+    def close_later(self, fp: FilePager) -> None:
+        with self._cond:
+            self._queue.append(fp)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vmo-filepager-closer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                fp = self._queue[0]
+            with contextlib.suppress(Exception):
+                fp.close()
+            with self._cond:
+                self._queue.pop(0)
+            del fp
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every dropped FilePager handed over so far is closed (for tests)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if not self._queue:
+                    break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+_closer = _Closer()
 
 
 def _page_round_up(n: int) -> int:

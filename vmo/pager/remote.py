@@ -27,6 +27,15 @@ which kills a process that touches memory with plain loads (as a real page fault
 would), or raises `vmo.pager.uffd.MemoryFault` from the ``*_checked`` accessors of `RemoteView`.
 In the workload a poisoned page stays poisoned (this process cannot clear it there).
 
+Lifetime. A workload never outlives this process: it asks for a parent-death signal (it is
+forked from one long-lived spawner thread, since the signal follows the forking thread) and a
+thread in it exits when this end of the socket closes; interpreter exit closes the workloads
+still open (``atexit``), and a `Workload` dropped without `Workload.close` is killed by its
+finalizer. `Mapping.unmap` of a workload's mapping (or its VMO's close, or the kernel's) tells
+the workload, which unmaps the window there and drops the name (see `RemoteView.close`).
+Windows are ``MADV_DONTFORK`` in the workload: a child it forks gets SIGSEGV on access.
+``madvise``/``munmap`` of a mapping in the workload: see `vmo.mapping` and docs/coherence.md.
+
 A workload that dies -- SIGKILL in the middle of a fault included -- leaves the kernel intact:
 this process watches its pidfd, and when it exits, unmaps its mappings as `Mapping.unmap` does
 (pages checked out for writing are recalled from the window first, so stores made before the
@@ -35,11 +44,14 @@ death are in the VMO) and closes every descriptor.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
+import itertools
 import mmap
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -48,6 +60,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +147,18 @@ class _Channel:
         self.sock.close()
 
 
+def _check_timeout(name: str, value: Any) -> float | None:
+    """A timeout in seconds: a finite number >= 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ZxError(Status.ERR_INVALID_ARGS,
+                      f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not 0 <= value < 1e9:  # NaN fails too
+        raise ZxError(Status.ERR_INVALID_ARGS, f"{name} {value!r} is not in [0, 1e9) seconds")
+    return float(value)
+
+
 def _target_name(target: Callable[..., Any] | str) -> str:
     if isinstance(target, str):
         if ":" not in target:
@@ -171,20 +196,35 @@ class Workload:
     def __init__(self, kernel: Kernel, *, timeout: float = 30.0,
                  env: dict[str, str] | None = None) -> None:
         from vmo import mapping
+        from vmo.kernel import Kernel
         from vmo.pager.fault_handler import unavailable_reason
 
+        if not isinstance(kernel, Kernel):
+            raise ZxError(Status.ERR_WRONG_TYPE,
+                          f"kernel must be a vmo.Kernel, not {type(kernel).__name__}")
+        checked = _check_timeout("timeout", timeout)
+        if checked is None:
+            raise ZxError(Status.ERR_INVALID_ARGS, "timeout must be a number of seconds")
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(a, str) and isinstance(b, str) and a and "=" not in a and "\0" not in a + b
+                for a, b in env.items())):
+            raise ZxError(Status.ERR_INVALID_ARGS, "env must map variable names to str values")
         reason = unavailable_reason()
         if reason is not None:
             raise ZxError(Status.ERR_NOT_SUPPORTED, reason)
         kernel._check_open()
         self.kernel = kernel
-        self.timeout = timeout
+        self.timeout = checked
         mgr = mapping.manager_for(kernel)
         assert mgr is not None
         self._mgr = mgr
         self._mappings: dict[int, Mapping] = {}
         self._names: dict[str, Mapping] = {}
+        self._auto_names = itertools.count()
         self._lock = threading.RLock()
+        # Guards the two dicts: `_mapping_gone` runs on any thread (the fault handler's too),
+        # while `_lock` may be held by a thread waiting for the process.
+        self._maps_lock = threading.Lock()
         self._running = False
         self._closed = False
         self.exited = threading.Event()
@@ -195,19 +235,32 @@ class Workload:
         if env:
             child_env.update(env)
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "vmo.pager.remote", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=child_env, close_fds=True)
-        except BaseException:
+            self.process = _spawn(
+                [sys.executable, "-m", "vmo.pager.remote", str(theirs.fileno()),
+                 str(os.getpid())], pass_fds=(theirs.fileno(),), env=child_env)
+        except BaseException as e:
             ours.close()
             theirs.close()
+            if isinstance(e, OSError):
+                raise ZxError(Status.ERR_NO_RESOURCES,
+                              f"cannot start the workload process: {e}") from e
             raise
         theirs.close()
         self._chan = _Channel(ours)
         self.pid = self.process.pid
-        self._pidfd = os.pidfd_open(self.pid)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError as e:
+            self.process.kill()
+            self.process.wait()
+            self._chan.close()
+            raise ZxError(Status.ERR_NO_RESOURCES, f"pidfd_open failed: {e}") from e
+        # Dropped without close, or left running at interpreter exit: killed (the workload
+        # also dies with this process by itself, see `client_main`).
+        self._finalizer = weakref.finalize(self, _reap, self.process, self._chan)
+        _live.add(self)
         # The handler thread tells us when the process exits, whatever it is doing.
-        mgr.handler.watch(self._pidfd, self._on_exit)
+        mgr.handler.watch(self._pidfd, _exit_watch(self))
         try:
             hello, _ = self._chan.recv(timeout)
         except (EOFError, TimeoutError) as e:
@@ -229,7 +282,8 @@ class Workload:
     @property
     def mappings(self) -> dict[str, Mapping]:
         """The live mappings, by name."""
-        return {n: m for n, m in self._names.items() if not m.unmapped}
+        with self._maps_lock:
+            return {n: m for n, m in self._names.items() if not m.unmapped}
 
     # -- mapping ----------------------------------------------------------------------------
 
@@ -242,7 +296,13 @@ class Workload:
         Returns the `Mapping` (``remote`` set): its ``address`` is in the workload, its
         `Mapping.fault_stats` count the workload's faults, `Mapping.unmap` takes it away."""
         from vmo import mapping
+        from vmo.vm_object import Vmo
 
+        if not isinstance(vmo, Vmo):
+            raise ZxError(Status.ERR_WRONG_TYPE, f"vmo must be a Vmo, not {type(vmo).__name__}")
+        if vmo._kernel is not self.kernel:
+            raise ZxError(Status.ERR_BAD_HANDLE,
+                          f"VMO koid {vmo.koid} belongs to another kernel than the workload's")
         offset, length, perms, around = mapping.check_map_args(vmo, offset, length, perms,
                                                                fault_around)
         if name is not None and not isinstance(name, str):
@@ -251,7 +311,10 @@ class Workload:
             raise ZxError(Status.ERR_INVALID_ARGS, "a workload's mapping needs READ permission")
         with self._lock:
             self._check_idle("map")
-            name = name if name is not None else f"m{len(self._names)}"
+            if name is None:
+                name = f"m{next(self._auto_names)}"
+                while name in self._names:
+                    name = f"m{next(self._auto_names)}"
             old = self._names.get(name)
             if old is not None and not old.unmapped:
                 raise ZxError(Status.ERR_ALREADY_EXISTS, f"a mapping named {name!r} exists")
@@ -280,9 +343,27 @@ class Workload:
                 with contextlib.suppress(OSError):
                     self._chan.send({"op": "unmap", "id": m._id})
                 raise
-            self._mappings[m._id] = m
-            self._names[name] = m
+            with self._maps_lock:
+                self._mappings[m._id] = m
+                self._names[name] = m
+            m._on_unmap = _weak_unmap_hook(self)
+            if m.unmapped:  # unmapped (the VMO closed) before the hook was set
+                self._mapping_gone(m)
             return m
+
+    def _mapping_gone(self, m: Mapping) -> None:
+        """`Mapping.unmap` (or the VMO's close, or the kernel's) took ``m`` away: forget its
+        name and tell the process to unmap it there, releasing its memory and its memfd (the
+        message is read after the running target, if any, returns). Any thread."""
+        with self._maps_lock:
+            if self._mappings.pop(m._id, None) is None:
+                return
+            for name, other in list(self._names.items()):
+                if other is m:
+                    del self._names[name]
+        if not self._closed and not self.exited.is_set():
+            with contextlib.suppress(OSError):
+                self._chan.send({"op": "unmap", "id": m._id})
 
     def _check_idle(self, what: str) -> None:
         if self._closed:
@@ -298,10 +379,16 @@ class Workload:
     def start(self, target: Callable[..., Any] | str, *args: Any) -> None:
         """Start ``target(ctx, *args)`` in the workload; collect it with `result`."""
         name = _target_name(target)
+        try:
+            body = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - pickle raises many kinds
+            raise ZxError(Status.ERR_INVALID_ARGS,
+                          f"the arguments cannot be sent to the workload (pickle: "
+                          f"{type(e).__name__}: {e})") from None
         with self._lock:
             self._check_idle("start")
             try:
-                self._chan.send({"op": "run", "target": name, "args": args})
+                self._chan.send({"op": "run", "target": name, "args": body})
             except OSError as e:
                 raise ZxError(Status.ERR_PEER_CLOSED, f"the workload is gone: {e}") from None
             self._running = True
@@ -310,7 +397,10 @@ class Workload:
         """Wait for the running target: its return value, or `RemoteError` if it raised.
         ``ERR_TIMED_OUT`` after ``timeout`` seconds (default: the workload's), the target
         still running; ``ERR_PEER_CLOSED`` if the process died (e.g. of SIGBUS)."""
+        timeout = _check_timeout("timeout", timeout)
         with self._lock:
+            if self._closed:
+                raise ZxError(Status.ERR_BAD_HANDLE, "the workload is closed")
             if not self._running:
                 raise ZxError(Status.ERR_BAD_STATE, "no target is running")
             try:
@@ -331,13 +421,18 @@ class Workload:
     def run(self, target: Callable[..., Any] | str, *args: Any,
             timeout: float | None = None) -> Any:
         """`start` then `result`."""
+        _check_timeout("timeout", timeout)
         self.start(target, *args)
         return self.result(timeout)
 
     # -- ending -----------------------------------------------------------------------------
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the workload process."""
+        """Send ``sig`` to the workload process (``ERR_INVALID_ARGS`` for a value that is not
+        a signal number)."""
+        valid = {int(s) for s in signal.valid_signals()}
+        if isinstance(sig, bool) or not isinstance(sig, int) or int(sig) not in valid:
+            raise ZxError(Status.ERR_INVALID_ARGS, f"{sig!r} is not a signal number")
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
@@ -356,7 +451,9 @@ class Workload:
         self._teardown_mappings()
 
     def _teardown_mappings(self) -> None:
-        for m in list(self._mappings.values()):
+        with self._maps_lock:
+            maps = list(self._mappings.values())
+        for m in maps:
             try:
                 m._teardown()
             except Exception:  # noqa: BLE001 - keep going, the kernel must stay usable
@@ -365,6 +462,7 @@ class Workload:
     def close(self, timeout: float = 10.0) -> int | None:
         """Ask the process to exit (kill it after ``timeout`` seconds), unmap its mappings
         and release everything. Returns its exit status. Idempotent."""
+        timeout = _check_timeout("timeout", timeout) or 10.0
         if self._closed:
             return self.process.poll()
         self._closed = True
@@ -381,6 +479,8 @@ class Workload:
         self._mgr.handler.call_soon(self._close_pidfd)
         self._chan.close()
         self.exited.set()
+        self._finalizer.detach()
+        _live.discard(self)
         return code
 
     def _close_pidfd(self) -> None:
@@ -394,6 +494,120 @@ class Workload:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- lifetime of the processes
+
+#: Workloads not closed yet: interpreter exit stops them (`_stop_all`).
+_live: weakref.WeakSet[Workload] = weakref.WeakSet()
+
+
+def _reap(process: subprocess.Popen[bytes], chan: _Channel) -> None:
+    """Finalizer of a `Workload` dropped without `Workload.close`: kill its process (its
+    mappings are unmapped when the handler sees it exit, see `_exit_watch`)."""
+    with contextlib.suppress(OSError):
+        chan.close()
+    if process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.kill()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Interpreter exit: no workload outlives the script that started it."""
+    for w in list(_live):
+        with contextlib.suppress(Exception):
+            w.close(timeout=2.0)
+
+
+def _exit_watch(workload: Workload) -> Callable[[int, int], None]:
+    """The pidfd callback (on the handler thread), holding the workload weakly: a dropped
+    workload's process is killed by its finalizer, and its exit then unmaps what it had."""
+    ref = weakref.ref(workload)
+    handler = workload._mgr.handler
+    maps, lock = workload._mappings, workload._maps_lock
+
+    def on_exit(fd: int, revents: int) -> None:
+        w = ref()
+        if w is not None:
+            w._on_exit(fd, revents)
+            return
+        handler.unwatch(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with lock:
+            gone = list(maps.values())
+        for m in gone:
+            try:
+                m._teardown()
+            except Exception:  # noqa: BLE001 - keep the kernel usable
+                handler.errors.append(traceback.format_exc())
+
+    return on_exit
+
+
+class _Spawner:
+    """Starts workload processes from one long-lived thread.
+
+    A workload asks for ``PR_SET_PDEATHSIG``, and the kernel sends that signal when the
+    *thread* that forked it exits, not the process: a workload started from a short-lived
+    thread would die with that thread. Forking from this thread, which lives as long as the
+    process, ties the signal to the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._jobs: list[tuple[Callable[[], Any], threading.Event, list[Any]]] = []
+        self._cond = threading.Condition(self._lock)
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        done = threading.Event()
+        box: list[Any] = []
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vmo-workload-spawner",
+                                                daemon=True)
+                self._thread.start()
+            self._jobs.append((job, done, box))
+            self._cond.notify()
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                job, done, box = self._jobs.pop(0)
+            try:
+                box.append(job())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box.append(e)
+            done.set()
+
+
+_spawner = _Spawner()
+
+
+def _spawn(argv: list[str], pass_fds: tuple[int, ...],
+           env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return _spawner.run(lambda: subprocess.Popen(argv, pass_fds=pass_fds, env=env,
+                                                 close_fds=True))
+
+
+def _weak_unmap_hook(workload: Workload) -> Callable[[Mapping], None]:
+    """`Workload._mapping_gone` without a strong reference to the workload (a mapping must
+    not keep a dropped workload alive)."""
+    ref = weakref.WeakMethod(workload._mapping_gone)
+
+    def hook(m: Mapping) -> None:
+        method = ref()
+        if method is not None:
+            method(m)
+
+    return hook
 
 
 def _describe_exit(code: int | None) -> str:
@@ -422,6 +636,7 @@ class RemoteView:
         self.address = address
         self.length = len(buffer)
         self.perms = perms
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<RemoteView {self.name!r} {self.length:#x} bytes at {self.address:#x}>"
@@ -432,18 +647,60 @@ class RemoteView:
     def read_checked(self, length: int, offset: int = 0) -> bytes:
         from vmo.pager import uffd
 
+        if self._closed:
+            raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
         _check_view_range(self, offset, length)
         return uffd.copy_from_address_checked(self.address + offset, length)
 
     def write_checked(self, data: bytes, offset: int = 0) -> None:
         from vmo.pager import uffd
 
+        if self._closed:
+            raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
         _check_view_range(self, offset, len(data))
         uffd.copy_to_address_checked(self.address + offset, data)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        with contextlib.suppress(BufferError):
+        """Unmap the window here: the memory, the userfaultfd registration and the window's
+        memfd are released. A view of ``buffer`` still held by the target keeps the ``mmap``
+        object open: its range is then replaced by an inaccessible reservation (released
+        with the object), so a later access is a clean SIGSEGV, never a touch of whatever
+        would be mapped there next."""
+        from vmo.pager import uffd
+
+        if self._closed:
+            return
+        self._closed = True
+        try:
             self.buffer.close()
+        except BufferError:
+            uffd.mmap(self.address, self.length, uffd.PROT_NONE,
+                      uffd.MAP_PRIVATE | uffd.MAP_ANONYMOUS | uffd.MAP_FIXED
+                      | uffd.MAP_NORESERVE)
+
+
+def _map_window(fd: int, length: int, prot: int) -> tuple[mmap.mmap, int]:
+    """Map the window memfd ``fd`` and return an ``mmap`` object that owns the mapping.
+
+    ``mmap.mmap(fd, ...)`` would keep a duplicate of ``fd`` for as long as the object lives,
+    and a view still exported by the target keeps it alive after `RemoteView.close`: one
+    descriptor leaked per map/unmap cycle. So the object is made anonymous (no descriptor)
+    and the memfd is mapped over it with ``MAP_FIXED``: the object's own ``munmap`` on close
+    releases the window mapping, and no descriptor is held."""
+    from vmo.pager import uffd
+
+    buf = mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot)
+    try:
+        address = uffd.buffer_address(memoryview(buf))
+        uffd.mmap(address, length, prot, uffd.MAP_SHARED | uffd.MAP_FIXED, fd)
+    except BaseException:
+        buf.close()
+        raise
+    return buf, address
 
 
 def _check_view_range(view: RemoteView, offset: int, length: int) -> None:
@@ -463,26 +720,33 @@ class WorkloadContext:
 def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
                 fds: list[int]) -> None:
     from vmo.pager import uffd
-    from vmo.pager.fault_handler import REQUIRED_FEATURES
+    from vmo.pager.fault_handler import WORKLOAD_FEATURES
 
     perms = Perms(msg["perms"])
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if perms & Perms.WRITE else 0)
+    buf = None
     try:
         (fd,) = fds
         try:
-            buf = mmap.mmap(fd, msg["length"], mmap.MAP_SHARED, prot)
+            buf, address = _map_window(fd, msg["length"], prot)
         finally:
             os.close(fd)
-        address = uffd.buffer_address(memoryview(buf))
+        # A forked child (multiprocessing) does not get the mapping: the window has one
+        # faulting mapping, and a child's copy would bypass the fault handler (its loads see
+        # zeros, its stores never reach the VMO). Its accesses fail loudly (SIGSEGV) instead.
+        uffd.madvise(address, msg["length"], uffd.MADV_DONTFORK)
         u = uffd.Userfaultfd()
         try:
-            u.api(required=REQUIRED_FEATURES)
+            u.api(required=WORKLOAD_FEATURES)
             u.register(address, msg["length"], missing=True, wp=True)
             chan.send({"op": "mapped", "id": msg["id"], "address": address, "nfds": 1},
                       [u.fileno()])
         finally:
             u.close()  # ours is not needed: the server reads the faults
     except Exception as e:  # noqa: BLE001 - reported to the server
+        if buf is not None:
+            with contextlib.suppress(BufferError):
+                buf.close()
         chan.send({"op": "error", "message": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc()})
         return
@@ -497,16 +761,41 @@ def _client_run(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any]) -> No
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-        value = obj(ctx, *msg["args"])
+        value = obj(ctx, *pickle.loads(msg["args"]))
         chan.send({"op": "result", "value": value})
     except Exception as e:  # noqa: BLE001 - reported to the server
         chan.send({"op": "error", "message": f"{type(e).__name__}: {e}",
                    "traceback": traceback.format_exc()})
 
 
-def client_main(fd: int) -> int:
+def _die_with_host(host_pid: int, sock: socket.socket) -> None:
+    """The workload never outlives its host: the parent-death signal kills it when the host
+    dies (SIGKILL included), and a thread watching the socket ends it when the host's end
+    closes while a target runs (the main thread only reads the socket between targets)."""
+    from vmo.pager import uffd
+
+    uffd.lib.vmo_set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != host_pid:
+        os._exit(0)  # the host died before the signal was asked for
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        while True:
+            for _fd, revents in poller.poll():
+                if revents & (select.POLLRDHUP | select.POLLHUP | select.POLLERR
+                              | select.POLLNVAL):
+                    os._exit(0)
+
+    threading.Thread(target=watch, name="vmo-host-watch", daemon=True).start()
+
+
+def client_main(fd: int, host_pid: int = 0) -> int:
     """The workload process: serve the server's requests until it says exit or goes away."""
-    chan = _Channel(socket.socket(fileno=fd))
+    sock = socket.socket(fileno=fd)
+    if host_pid:
+        _die_with_host(host_pid, sock)
+    chan = _Channel(sock)
     ctx = WorkloadContext()
     chan.send({"op": "hello", "pid": ctx.pid})
     while True:
@@ -562,7 +851,7 @@ def read_bytes(ctx: WorkloadContext, name: str, offset: int, length: int) -> byt
 
 
 if __name__ == "__main__":
-    sys.exit(client_main(int(sys.argv[1])))
+    sys.exit(client_main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))
 
 
 __all__ = [

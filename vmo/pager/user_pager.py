@@ -438,9 +438,10 @@ class Pager:
             return self._port.popleft()
 
     def close(self) -> None:
-        """Close the pager: its VMOs are detached (their requests fail)."""
+        """Close the pager: its VMOs are detached (their requests fail). Idempotent: a second
+        close does nothing; the kernel's close closes every pager of the kernel."""
         if self._closed:
-            raise ZxError(Status.ERR_BAD_HANDLE, "the pager is already closed")
+            return
         for src in list(self._sources):
             vmo = src.vmo
             if vmo is not None and not src.closed:
