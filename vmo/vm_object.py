@@ -223,7 +223,7 @@ class Vmo:
                 if target.parent is not None:
                     raise ZxError(Status.ERR_NOT_SUPPORTED,
                                   "DECOMMIT is not supported on a (non-slice) child VMO")
-                if target.is_source_preserving():
+                if target.is_source_preserving() and target.anonymous_source() is None:
                     raise ZxError(Status.ERR_NOT_SUPPORTED,
                                   "DECOMMIT is not supported on a pager-backed VMO")
                 if offset % PAGE_SIZE or length % PAGE_SIZE:
