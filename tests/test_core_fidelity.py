@@ -169,3 +169,23 @@ def test_bad_calls_do_not_disturb_attribution() -> None:
         assert e.value.status == Status.ERR_INVALID_ARGS
         assert v.get_info().committed_bytes == 2 * P
         validate(k)
+
+
+def test_shrink_to_the_supply_zero_offset_ends_the_awaiting_clean_zero_range() -> None:
+    """ResizeLocked trims the AwaitingClean zero range with ConsiderTrimAwaitingCleanZeroRange:
+    a cut exactly at the supply-zero offset leaves no zero range (it used to leave an empty
+    one ending at the offset)."""
+    with vmo.Kernel(memory=4 << 20) as k:
+        pager = k.pager_create()
+        v = pager.create_vmo(2 * P, vmo.PagerVmoOptions.RESIZABLE)
+        pager.supply_pages(v, 0, 2 * P, k.vmo_create(2 * P), 0)
+        v.set_size(4 * P)  # [2, 4) is a zero range past the supply-zero offset
+        pager.op_range(vmo.PagerOp.WRITEBACK_BEGIN, v, 2 * P, 2 * P,
+                       vmo.WRITEBACK_BEGIN_ZERO_RANGE)
+        cow = v.cow
+        assert (cow.supply_zero_offset, cow.awaiting_clean_zero_range_end) == (2, 4)
+        v.set_size(2 * P)
+        assert cow.awaiting_clean_zero_range_end == 0
+        pager.op_range(vmo.PagerOp.WRITEBACK_END, v, 0, 2 * P)
+        assert pager.query_dirty_ranges(v, 0, 2 * P) == []
+        validate(k)

@@ -1169,10 +1169,11 @@ class CowPages:
                 self.page_source.on_resize(self, start, end)
             if self.is_source_preserving():
                 if new_size < self.supply_zero_offset:
-                    self.supply_zero_offset = new_size
+                    self._update_supply_zero_offset_locked(new_size)
                     self.awaiting_clean_zero_range_end = 0
-                elif self.awaiting_clean_zero_range_end > new_size:
-                    self.awaiting_clean_zero_range_end = new_size
+                else:
+                    # A cut at the supply-zero offset itself leaves no zero range at all.
+                    self._consider_trim_awaiting_clean_zero_range_locked(new_size)
             if self.parent is not None and self.parent.hidden:
                 self._release_cow_parent_pages_locked(start, end, freed)
                 assert self.parent_limit <= new_size
