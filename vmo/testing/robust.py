@@ -257,6 +257,11 @@ class World:
             self.workload = Workload(self.k, timeout=10.0)
         self._vmos: dict[str, vmo.Vmo] = {}
         self._mapping: mapping.Mapping | None = None
+        from vmo.pager.swap import SwapSource
+
+        self.swap = SwapSource(self.k, self.tmp.name)
+        self.closed_swap = SwapSource(self.k, self.tmp.name)
+        self.closed_swap.close()
 
     def vmo(self, name: str) -> vmo.Vmo:
         v = self._vmos.get(name)
@@ -272,6 +277,10 @@ class World:
             v = self.vmo("root").create_child(ChildOptions.SNAPSHOT, 0, 4 * PS)
         elif name == "slice":
             v = self.vmo("root").create_child(ChildOptions.SLICE, PS, 2 * PS)
+        elif name == "swapped":
+            v = self.swap.create_vmo(4 * PS)
+            v.write(b"swapped data")
+            self.swap.move_to_staging(v)
         elif name == "paged":
             v = self.pager.create_vmo(4 * PS)
             aux = self.k.vmo_create(4 * PS)
@@ -304,6 +313,7 @@ class World:
     def close(self) -> None:
         if self.workload is not None:
             self.workload.close()
+        self.swap.close()
         self.k.close()
         self.other.close()
         self.tmp.cleanup()
@@ -313,7 +323,8 @@ class World:
 #: Vmo); the others take it as an argument.
 _METHODS = frozenset({"read", "write", "set_size", "op_range", "create_child", "pin", "map",
                       "set_name", "get_info", "write_from_fd"})
-VMO_PICKS = ["root", "resizable", "child", "slice", "paged", "closed", "foreign", "not a vmo", "none"]
+VMO_PICKS = ["root", "resizable", "child", "slice", "paged", "swapped", "closed", "foreign",
+             "not a vmo", "none"]
 
 
 def _bad_calls(world: World, data: Any, st: Any) -> tuple[str, set[str], Callable[[], Any]]:
@@ -333,7 +344,8 @@ def _bad_calls(world: World, data: Any, st: Any) -> tuple[str, set[str], Callabl
         "set_name", "get_info", "reclaim", "supply_pages", "pager_op_range", "dirty_ranges",
         "detach", "get_request", "closed_pager", "file_pager", "mapping_read",
         "mapping_write", "mapping_protect", "workload_map", "workload_run", "workload_kill",
-        "write_from_fd"]))
+        "write_from_fd", "swap_create", "move_to_staging", "swap_out", "swap_in", "swap_trim",
+        "closed_swap"]))
     pager = world.pager
     if name in _METHODS and not isinstance(v, vmo.Vmo):
         vkind, v = world.vmo_arg("root")
@@ -397,6 +409,32 @@ def _bad_calls(world: World, data: Any, st: Any) -> tuple[str, set[str], Callabl
         return name, {tk}, lambda: pager.get_request(t)
     if name == "closed_pager":
         return name, {"closed"}, lambda: world.closed_pager.create_vmo(PS)
+    swap = world.swap
+    if name == "swap_create":
+        opt = data.draw(st.sampled_from([0, 2, 4, -1, "x"]))
+        return name, {k1, "valid" if opt in (0, 2) else "wrong_type"}, \
+            lambda: swap.create_vmo(a, opt)
+    if name == "move_to_staging":
+        picked = data.draw(st.sampled_from([None, "vmo", "list", "junk"]))
+        if picked == "vmo":
+            return name, kinds, lambda: swap.move_to_staging(v)
+        if picked == "list":
+            return name, kinds, lambda: swap.move_to_staging([v, world.vmo("swapped")])
+        if picked == "junk":
+            return name, {"wrong_type"}, lambda: swap.move_to_staging(42)  # type: ignore[arg-type]
+        return name, {"valid"}, lambda: swap.move_to_staging()
+    if name in ("swap_out", "swap_in"):
+        fn = swap.swap_out if name == "swap_out" else swap.swap_in
+        return name, {k1}, lambda: fn(a)
+    if name == "swap_trim":
+        return name, {k1}, lambda: swap.trim(a)
+    if name == "closed_swap":
+        call = data.draw(st.sampled_from(["create_vmo", "move_to_staging", "swap_out",
+                                          "swap_in", "trim", "status"]))
+        closed = world.closed_swap
+        if call == "create_vmo":
+            return name, {"closed"}, lambda: closed.create_vmo(PS)
+        return name, {"closed"}, getattr(closed, call)
     if name == "file_pager":
         from vmo.pager.file_pager import FilePager
 
