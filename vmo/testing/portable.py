@@ -14,6 +14,7 @@ import re
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 #: Absolute paths of the operating system itself (not of this machine's layout): kept.
@@ -49,6 +50,10 @@ def _roots() -> list[tuple[str, str]]:
     return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
 
 
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: text
+
+
 def scrub_paths(text: str) -> str:
     """``text`` with every absolute path of this machine replaced: the vmo checkout (or
     install), Python's directories, the temporary directory, the working directory and the
@@ -56,7 +61,9 @@ def scrub_paths(text: str) -> str:
     any other absolute path by ``<path>/`` and its last component. Paths of the operating
     system's own interfaces (``/dev``, ``/proc``, ``/sys``) are kept."""
     for prefix, placeholder in _roots():
-        text = re.sub(re.escape(prefix) + r"(?![\w.+@%-])", lambda _m, p=placeholder: p, text)
+        # A function as the replacement: the placeholder is literal text, not a template.
+        text = re.compile(re.escape(prefix) + r"(?![\w.+@%-])").sub(
+            _literal(placeholder), text)
 
     def other(m: re.Match[str]) -> str:
         path = "/" + m.group(0).lstrip("/")
