@@ -2,9 +2,11 @@
 
 Subcommands:
 
-- ``vmo demo``: a narrated, step-by-step tour of the core (snapshots and hidden nodes,
-  copy-on-write and split bits, merging, at-least-on-write clones, slices, discardable VMOs)
-  on a small in-process kernel, for students and teachers.
+- ``vmo demo [STEP] [--pictures DIR]``: a narrated, step-by-step tour of the core (snapshots
+  and hidden nodes, copy-on-write and split bits, merging, at-least-on-write clones, slices,
+  discardable VMOs, pagers, mappings, swap) on a small in-process kernel, for students and
+  teachers; ``STEP`` starts at a named step, ``--pictures`` draws the hierarchy after each
+  step (`vmo._demo_pictures`). ``vmo --version`` prints the version.
 - ``vmo fuzz``: a fuzz campaign of the oracle state machine with a live display, or
   (``--mutants``) the mutation check; the work is in `vmo.testing.console`.
 - ``vmo swap``: the swap experiment (a VMO moved out and faulted back by a workload); the work
