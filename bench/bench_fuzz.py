@@ -38,6 +38,8 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _report  # bench/_report.py, next to this script
+
 from vmo.pmm import PAGE_SIZE
 from vmo.testing import VmoStateMachine, run
 
@@ -139,7 +141,8 @@ def measure(depth: int, pages: int, steps: int, seed: int = 1) -> Row:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke mode")
-    ap.add_argument("--plain", action="store_true", help="plain-text table")
+    ap.add_argument("--plain", action="store_true",
+                    help="plain text (the default when stdout is not a terminal)")
     ap.add_argument("--campaign-seconds", type=float, default=None)
     args = ap.parse_args(argv)
     depths = (1, 2, 4, 8)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{seconds:g} s, {camp.steps:,} steps in {camp.programs:,} programs, deepest "
                f"hierarchy {camp.stats['max_depth']}.")
     try:
-        if args.plain:
+        if _report.plain(args.plain):
             raise ImportError
         from rich.console import Console
         from rich.table import Table

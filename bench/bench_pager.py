@@ -54,6 +54,8 @@ except ImportError:  # run from a checkout without installing: the package is ne
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import vmo
 
+import _report  # bench/_report.py, next to this script
+
 from vmo import PAGE_SIZE, Kernel, PageRequest, PageRequestCommand, PagerOp, ZxError
 from vmo.pager import FilePager
 
@@ -464,7 +466,7 @@ def _phase_lines(title: str, t: dict[str, list[float]], whole: str, base: str,
 
 def print_table(results: list[Result], notes: list[str], plain: bool) -> None:
     rows = [[r.name, r.value, r.baseline, "" if r.ratio is None else f"{r.ratio:.2f}",
-             r.target, {True: "PASS", False: "FAIL", None: "-"}[r.passed]] for r in results]
+             r.target, _report.verdict(r.passed)] for r in results]
     header = ["benchmark", "value", "baseline", "ratio", "target", "result"]
     if not plain:
         try:
@@ -499,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes and few rounds (smoke test)")
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    p.add_argument("--plain", action="store_true", help="plain text table, even with rich")
+    p.add_argument("--plain", action="store_true",
+                   help="plain text (the default when stdout is not a terminal)")
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
     start = time.perf_counter()
@@ -513,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     notes.insert(0, f"{'quick' if args.quick else 'full'} mode, {s.rounds} rounds (medians); "
                     f"file {s.file // MiB} MiB (in the page cache); page size {P}; "
                     f"Python {sys.version.split()[0]}; {time.perf_counter() - start:.1f} s")
-    print_table(results, notes, args.plain)
+    results = _report.smoke(results, args.quick)
+    if args.quick:
+        notes.append(_report.SMOKE_NOTE)
+    print_table(results, notes, _report.plain(args.plain))
     failed = [r.name for r in results if r.passed is False]
     if failed and args.check:
         print(f"targets missed: {'; '.join(failed)}", file=sys.stderr)

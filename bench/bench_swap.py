@@ -49,6 +49,8 @@ except ImportError:  # run from a checkout without installing: the package is ne
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import vmo
 
+import _report  # bench/_report.py, next to this script
+
 from vmo import PAGE_SIZE, Kernel, VmoOp
 from vmo.pager import FilePager
 from vmo.pager.swap import SwapSource
@@ -194,7 +196,7 @@ def fault_service(k: Kernel, directory: str, size: int) -> tuple[float, float]:
 
 def print_table(results: list[Result], notes: list[str], plain: bool) -> None:
     rows = [[r.name, r.value, r.baseline, "" if r.ratio is None else f"{r.ratio:.2f}",
-             r.target, {True: "PASS", False: "FAIL", None: "-"}[r.passed]] for r in results]
+             r.target, _report.verdict(r.passed)] for r in results]
     header = ["benchmark", "value", "baseline", "ratio", "target", "result"]
     if not plain:
         try:
@@ -285,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"{'quick' if args.quick else 'full'} mode: {size // MiB} MiB VMO, {rounds} "
              f"round(s) (medians), faults over {fault_size // MiB} MiB; page size {P}; "
              f"Python {sys.version.split()[0]}; {time.perf_counter() - start:.1f} s"]
-    print_table(results, notes, args.plain or not sys.stdout.isatty())
+    results = _report.smoke(results, args.quick)
+    if args.quick:
+        notes.append(_report.SMOKE_NOTE)
+    print_table(results, notes, _report.plain(args.plain))
     failed = [r.name for r in results if r.passed is False]
     if failed and args.check:
         print(f"targets missed: {'; '.join(failed)}", file=sys.stderr)

@@ -40,6 +40,8 @@ except ImportError:  # run from a checkout without installing: the package is ne
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import vmo
 
+import _report  # bench/_report.py, next to this script
+
 from vmo import PAGE_SIZE, ChildOptions, Kernel, VmoOp, ZxError
 from vmo.debug import validate
 
@@ -332,7 +334,7 @@ def print_tables(results: list[TreeResult], targets: list[Target], notes: list[s
               fmt(r.info_all) + (" *" if r.info_all_note else "")] for r in results]
     header2 = ["benchmark", "value", "baseline", "ratio", "target", "result"]
     rows2 = [[t.name, t.value, t.baseline, "" if t.ratio is None else f"{t.ratio:.2f}",
-              t.target, {True: "PASS", False: "FAIL", None: "-"}[t.passed]] for t in targets]
+              t.target, _report.verdict(t.passed)] for t in targets]
     if not plain:
         try:
             from rich.console import Console
@@ -377,12 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain", action="store_true", help="plain text tables, even with rich")
     args = p.parse_args(argv)
     s = QUICK if args.quick else FULL
-    plain = args.plain or not sys.stdout.isatty()
+    plain = _report.plain(args.plain)
     start = time.perf_counter()
     results = [bench_tree(shape, n, s) for shape in ("fan", "chain", "random") for n in s.ns]
     targets = growth_targets(results, s)
     targets += bench_big_fan(s)
     targets.append(bench_deep_read(s))
+    targets = _report.smoke(targets, args.quick)  # no targets in quick mode anyway
     notes = [f"{'quick' if args.quick else 'full'} mode: medians of up to {s.rounds} rounds "
              f"(fewer past {s.budget:g} s of calls per tree, or after a failure); "
              f"{PAGES}-page VMOs; Python {sys.version.split()[0]}; "
@@ -390,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{time.perf_counter() - start:.1f} s",
              "* get_info of all: extrapolated from the VMOs done within "
              f"{s.info_all_budget:g} s"]
+    if args.quick:
+        notes.append(_report.SMOKE_NOTE)
     print_tables(results, targets, notes, plain)
     failed = [t.name for t in targets if t.passed is False]
     if failed and args.check:

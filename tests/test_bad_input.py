@@ -6,7 +6,7 @@ NO_WRITE child, closed handles; for the ``zx_pager_*`` calls a pager with suppli
 one public entry point with one bad argument or in one bad state, and checks that
 
 - the call raises `vmo.ZxError` (never `TypeError`, `OverflowError`, `AssertionError`, ...),
-- with the status API.md / Zircon give (conventions in `vmo/_args.py`),
+- with the status docs/api.md / Zircon give (conventions in `vmo/_args.py`),
 - `vmo.debug.validate` still passes, and every VMO of the world has the same size, content,
   `VmoInfo` and the kernel the same number of used frames as before.
 """

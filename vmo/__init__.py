@@ -1,8 +1,10 @@
 """vmo: Zircon's virtual memory objects (the VmCowPages copy-on-write hierarchy) over real memory.
 
 Start with `Kernel`: ``with vmo.Kernel() as k: v = k.vmo_create(1 << 20)``. The public surface
-is documented in docs/API.md; `vmo.debug` validates, dumps and draws hierarchies.
+is documented in docs/api.md; `vmo.debug` validates, dumps and draws hierarchies.
 """
+
+from importlib import metadata as _metadata
 
 from vmo import debug
 from vmo.errors import InvariantError, Status, ZxError
@@ -31,6 +33,11 @@ from vmo.types import (
     VmoOptions,
 )
 from vmo.vm_object import PinnedRange, Vmo
+
+try:
+    __version__: str = _metadata.version("vmo")
+except _metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "PAGE_SIZE",

@@ -2,9 +2,11 @@
 
 Subcommands:
 
-- ``vmo demo``: a narrated, step-by-step tour of the core (snapshots and hidden nodes,
-  copy-on-write and split bits, merging, at-least-on-write clones, slices, discardable VMOs)
-  on a small in-process kernel, for students and teachers.
+- ``vmo demo [STEP] [--pictures DIR]``: a narrated, step-by-step tour of the core (snapshots
+  and hidden nodes, copy-on-write and split bits, merging, at-least-on-write clones, slices,
+  discardable VMOs, pagers, mappings, swap) on a small in-process kernel, for students and
+  teachers; ``STEP`` starts at a named step, ``--pictures`` draws the hierarchy after each
+  step (`vmo._demo_pictures`). ``vmo --version`` prints the version.
 - ``vmo fuzz``: a fuzz campaign of the oracle state machine with a live display, or
   (``--mutants``) the mutation check; the work is in `vmo.testing.console`.
 - ``vmo swap``: the swap experiment (a VMO moved out and faulted back by a workload); the work
@@ -34,7 +36,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 import attrs
 
@@ -920,18 +922,50 @@ committed bytes of each VMO (`get_info`) and of the kernel (`k.memory_stats()`),
 """
 
 
+class _QuietOutput:
+    """Swallows everything: the steps before ``vmo demo STEP``'s first run unseen."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
 def run_demo(out: Output, *, pause: bool = False,
-             steps: Sequence[DemoStep] | None = None) -> int:
-    """Run the tour; returns the exit status (0: every step ran and validated)."""
+             steps: Sequence[DemoStep] | None = None, start_at: str | None = None,
+             pictures: Any = None) -> int:
+    """Run the tour; returns the exit status (0: every step ran and validated).
+
+    ``start_at``: the name of the first step to show; the steps before it run quietly (each
+    step builds on the state the previous ones left), still validated. ``pictures``: a
+    directory (`pathlib.Path`) that receives an SVG of the hierarchy after each shown step
+    (`vmo._demo_pictures`; the caller checks that Graphviz is there).
+    """
     from vmo import InvariantError
 
     steps = list(DEMO_STEPS if steps is None else steps)
+    names = [s.name for s in steps]
+    if start_at is not None and start_at not in names:
+        raise ValueError(f"no demo step named {start_at!r}; the steps are {', '.join(names)}")
+    first = 1 if start_at is None else names.index(start_at) + 1
     demo = Demo(out)
-    start = time.perf_counter()
+    started = time.perf_counter()
     out.banner("vmo demo: a tour of Zircon's VMO model", _INTRO)
+    if first > 1:
+        out.say(f"Starting at step {first}, `{start_at}`: steps 1 to {first - 1} "
+                f"({', '.join(names[:first - 1])}) ran quietly first to build the state it "
+                "starts from, and validated.")
+    drawn = 0
     try:
         for i, step in enumerate(steps, 1):
-            if pause and i > 1:
+            if i < first:
+                demo.out = cast(Output, _QuietOutput())
+                try:
+                    if step.available() is None:
+                        step.run(demo)
+                        demo.validate()
+                finally:
+                    demo.out = out
+                continue
+            if pause and i > first:
                 try:
                     answer = out.ask(f"-- Enter for step {i}/{len(steps)}, q to quit -- ")
                 except EOFError:
@@ -947,6 +981,12 @@ def run_demo(out: Output, *, pause: bool = False,
             step.run(demo)
             demo.show_stats()
             demo.validate()
+            if pictures is not None and "k" in demo.ns and not demo.k.closed:
+                from vmo import _demo_pictures
+
+                path = _demo_pictures.draw(demo.k, pictures, i, step.name)
+                drawn += 1
+                out.say(f"Picture of the hierarchy: `{path}`")
     except DemoQuit:
         out.say("Tour stopped.")
         return 0
@@ -959,9 +999,10 @@ def run_demo(out: Output, *, pause: bool = False,
         return 1
     finally:
         demo.close()
-    elapsed = time.perf_counter() - start
-    out.say(f"Tour done in {elapsed:.2f} s: {len(steps)} steps, `vmo.debug.validate` ran "
-            f"{demo.validations} times and found every invariant intact.")
+    elapsed = time.perf_counter() - started
+    out.say(f"Tour done in {elapsed:.2f} s: {len(steps) - first + 1} steps, "
+            f"`vmo.debug.validate` ran {demo.validations} times and found every invariant "
+            "intact." + (f" {drawn} pictures in `{pictures}`." if pictures is not None else ""))
     return 0
 
 
@@ -982,6 +1023,12 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--step", action="store_true",
                    help="pause for Enter between steps (ignored when stdin is not a terminal)")
     p.add_argument("--list", action="store_true", help="list the steps and exit")
+    p.add_argument("start", nargs="?", metavar="STEP",
+                   help="start at this step (a name from --list); the steps before it run "
+                        "quietly to build its state")
+    p.add_argument("--pictures", metavar="DIR",
+                   help="write an SVG of the hierarchy after each step to DIR (needs the "
+                        "graphviz Python package and Graphviz's dot program)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -990,8 +1037,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for i, step in enumerate(DEMO_STEPS, 1):
             print(f"{i:2}. {step.name:<20} {step.title}")
         return 0
+    names = [s.name for s in DEMO_STEPS]
+    if args.start is not None and args.start not in names:
+        print(f"vmo demo: no step named {args.start!r}; the steps are: {', '.join(names)} "
+              "(vmo demo --list)", file=sys.stderr)
+        return 2
+    pictures = None
+    if args.pictures is not None:
+        from vmo import _demo_pictures
+
+        why_not = _demo_pictures.missing_graphviz()
+        if why_not is not None:
+            print(f"vmo demo --pictures: cannot draw pictures: {why_not}", file=sys.stderr)
+            return 2
+        try:
+            pictures = _demo_pictures.prepare(args.pictures)
+        except OSError as e:
+            print(f"vmo demo --pictures: cannot write to {args.pictures!r}: {e}",
+                  file=sys.stderr)
+            return 2
     out = make_output(args.plain, args.rich)
-    return run_demo(out, pause=args.step and _isatty(sys.stdin))
+    return run_demo(out, pause=args.step and _isatty(sys.stdin), start_at=args.start,
+                    pictures=pictures)
 
 
 def _add_fuzz(sub: Any) -> None:
@@ -1069,10 +1136,14 @@ _SUBCOMMANDS: list[Callable[[Any], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vmo import __version__
+
     parser = argparse.ArgumentParser(
         prog="vmo",
         description="Zircon's VMO model (copy-on-write hierarchy, pagers, swap) over real "
                     "memory.")
+    parser.add_argument("--version", action="version",
+                        version=f"vmo {__version__} (Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)

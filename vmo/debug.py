@@ -391,6 +391,19 @@ def _window(node: CowPages) -> str:
             f" limit {node.parent_limit * p:#x}")
 
 
+def _window_text(node: CowPages) -> str:
+    """The part of the parent a child sees, in words: its own offsets
+    ``[parent_start_limit, parent_limit)`` show the parent's content from ``parent_offset`` on."""
+    p = PAGE_SIZE
+    start, limit = node.parent_start_limit * p, node.parent_limit * p
+    if start >= limit:
+        return "sees nothing of its parent"
+    text = f"parent window {start:#x}..{limit:#x}"
+    if node.parent_offset:
+        text += f", parent offset {node.parent_offset * p:#x}"
+    return text
+
+
 def _slot_text(node: CowPages, off: int, v: int) -> str:
     if v == MARKER:
         return f"{off * PAGE_SIZE:#x}: zero marker"
@@ -451,9 +464,7 @@ def to_dot(target: Any, *, max_pages: int = 16) -> str:
                     slots.append(_slot_text(node, off, v).replace("(", "\\(").replace(")", "\\)"))
                 title = _label(node) + f"\\nsize {node.size * PAGE_SIZE:#x}"
                 if node.parent is not None:
-                    title += (f"\\n[{node.parent_offset * PAGE_SIZE:#x} +"
-                              f" {node.parent_start_limit * PAGE_SIZE:#x}..."
-                              f"{node.parent_limit * PAGE_SIZE:#x})")
+                    title += "\\n" + _window_text(node)
                 label = "{" + title + ("|" + "\\l".join(slots) + "\\l" if slots else "") + "}"
                 label = label.replace('"', '\\"').replace("<", "\\<").replace(">", "\\>")
                 style = ', style=dashed' if node.hidden else ""

@@ -345,8 +345,24 @@ def _one_mutant(args: argparse.Namespace, name: str) -> int:
     if args.json:
         print(json.dumps({"event": "result", **_asdict(result)}), flush=True)
     else:
-        _print_mutant_table([result], PlainDisplay(), seconds)
-    return 0 if result.killed else 1
+        display = PlainDisplay()
+        _print_mutant_table([result], display, seconds)
+        if result.killed:
+            display.print()
+            display.print(f"Caught after {result.time_to_kill:.1f} s by a program of "
+                          f"{result.program_steps} steps that fails with the mutant and passes "
+                          f"without it ({result.failure}):")
+            display.print()
+            display.print(result.program)
+            if result.repro_path is not None:
+                display.print()
+                display.print(f"Saved as {result.repro_path}; replay it with: python -m pytest "
+                              f"{result.repro_path}")
+    # As a fuzz campaign: non-zero when a program failed (the mutant is caught, or the core
+    # fails without it too), 2 when the mutant could not be judged.
+    if result.killed or result.verdict == "false kill":
+        return 1
+    return 0 if result.verdict == "survived" else 2
 
 
 def _asdict(x: Any) -> dict[str, Any]:

@@ -241,6 +241,7 @@ class MutantResult:
     elapsed: float = 0.0  #: seconds, shrinking included
     steps: int = 0  #: rule calls the campaign ran
     repro_path: str | None = None
+    program: str = ""  #: the shrunk program that kills the mutant (hypothesis's printout)
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -331,7 +332,8 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
     if repro_dir is not None:
         context = (
             "from vmo.testing.mutation import load_catalog\n"
-            f"MUTANT = {{m.name: m for m in load_catalog({str(_catalog_of(mutant))!r})}}"
+            f"{_catalog_import(_catalog_of(mutant), Path(repro_dir))}"
+            f"MUTANT = {{m.name: m for m in load_catalog({_catalog_expr(_catalog_of(mutant), Path(repro_dir))})}}"
             f"[{mutant.name!r}]",
             "MUTANT.applied()")
         repro_path = str(write_repro(kill, machine, repro_dir, name=f"test_mutant_{mutant.name}",
@@ -340,7 +342,26 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         summary += f" (after {len(independent)} independent failure(s): {independent[0]})"
     return MutantResult(mutant.name, True, "killed", time_to_kill=kill_time,
                         program_steps=kill.program_steps, failure=summary,
-                        elapsed=time.monotonic() - start, steps=steps, repro_path=repro_path)
+                        elapsed=time.monotonic() - start, steps=steps, repro_path=repro_path,
+                        program=program)
+
+
+def _catalog_is_default(catalog: Path) -> bool:
+    return catalog.resolve() == default_catalog_dir().resolve()
+
+
+def _catalog_import(catalog: Path, repro_dir: Path) -> str:
+    return "" if _catalog_is_default(catalog) else "from pathlib import Path\n"
+
+
+def _catalog_expr(catalog: Path, repro_dir: Path) -> str:
+    """How a repro file in ``repro_dir`` finds the mutant catalogue, without an absolute path
+    of this machine: the default catalogue by default (`default_catalog_dir`), any other
+    relative to the repro file."""
+    if _catalog_is_default(catalog):
+        return ""
+    rel = os.path.relpath(catalog.resolve(), repro_dir.resolve())
+    return f"Path(__file__).resolve().parent / {Path(rel).as_posix()!r}"
 
 
 def _setup(machine: type) -> Any:

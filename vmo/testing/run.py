@@ -49,6 +49,8 @@ from hypothesis.internal.reflection import function_digest
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test
 
+from vmo.testing.portable import scrub_paths
+
 __all__ = [
     "COVERAGE_KEYS",
     "CoreProbes",
@@ -863,8 +865,10 @@ def repro_source(failure: Failure, machine: type, name: str = "test_repro", *,
     if body and body[-1].strip() == "state.teardown()":
         body = body[:-1]
     steps = textwrap.indent("\n".join(body) if body else "pass", " " * 8)
-    notes = "".join(f"#     {ln}\n" for n in failure.notes for ln in str(n).splitlines()[:40])
-    message = "\n".join(f"    {ln}" for ln in failure.summary().splitlines())
+    # The file is committed and replayed elsewhere: no path of this machine goes in it.
+    notes = "".join(f"#     {ln}\n" for n in failure.notes
+                    for ln in scrub_paths(str(n)).splitlines()[:40])
+    message = "\n".join(f"    {ln}" for ln in scrub_paths(failure.summary()).splitlines())
     head = [
         f'"""Regression test written by `vmo fuzz` (seed {failure.seed}).',
         "",
