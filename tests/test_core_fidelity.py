@@ -3,6 +3,7 @@ seed's attribution ids), each divergence found once pinned by a test."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -188,4 +189,35 @@ def test_shrink_to_the_supply_zero_offset_ends_the_awaiting_clean_zero_range() -
         assert cow.awaiting_clean_zero_range_end == 0
         pager.op_range(vmo.PagerOp.WRITEBACK_END, v, 0, 2 * P)
         assert pager.query_dirty_ranges(v, 0, 2 * P) == []
+        validate(k)
+
+
+def test_zero_dirties_one_page_at_a_time_and_skips_the_markers_after_it() -> None:
+    """Found by the pager machine: ZERO of a TRAP_DIRTY VMO whose first page was Clean and
+    the rest clean zero markers asked for one DIRTY request over the whole range, which
+    turned every marker into a Dirty page. The seed's ZeroPagesLocked looks each page up alone
+    (max_out_pages 1): the DIRTY request covers the one page, the markers stay Clean."""
+    with vmo.Kernel(memory=4 << 20) as k:
+        requests: list[tuple[PageRequestCommand, int, int]] = []
+
+        def serve(req: vmo.PageRequest) -> None:
+            requests.append((req.command, req.offset // P, req.length // P))
+            if req.command == PageRequestCommand.DIRTY:
+                pager.op_range(vmo.PagerOp.DIRTY, req.vmo, req.offset, req.length)
+
+        pager = k.pager_create(serve)
+        v = pager.create_vmo(12 * P, vmo.PagerVmoOptions.TRAP_DIRTY)
+        aux = k.vmo_create(P)
+        aux.write(b"page zero")
+        pager.supply_pages(v, 0, P, aux, 0)
+        empty = os.memfd_create("empty")
+        try:
+            pager.supply_pages_from_fd(v, P, 11 * P, empty, 0)  # past EOF: zero markers
+        finally:
+            os.close(empty)
+        v.op_range(VmoOp.ZERO, 0, 12 * P)
+        assert requests == [(PageRequestCommand.DIRTY, 0, 1)]
+        ranges = pager.query_dirty_ranges(v, 0, 12 * P)
+        assert [(r.offset, r.length) for r in ranges] == [(0, P)]
+        assert v.read(12 * P) == bytes(12 * P)
         validate(k)

@@ -496,14 +496,18 @@ class CowPages:
         if node.discardable_state == DiscardableState.DISCARDED:
             raise ZxError(Status.ERR_NOT_FOUND, "VMO was discarded and not locked since")
 
-    def lookup_for_write_locked(self, off: int, want: int = 1, *, dirty: bool = True) -> int:
+    def lookup_for_write_locked(self, off: int, want: int = 1, *, dirty: bool = True,
+                                dirty_want: int | None = None) -> int:
         """A frame at ``off`` this node owns exclusively, forking or allocating it if needed.
 
         Seed: the write path of ``LookupPagesLocked``. Raises `NeedPages` when the root's page
         source must supply or dirty the page first; a read request covers up to ``want`` absent
-        pages from ``off``. With ``dirty=False`` (COMMIT, pins) a page of a pager-backed root that
-        is already present is not marked Dirty.
+        pages from ``off``, a DIRTY request up to ``dirty_want`` (default ``want``) pages, as
+        the seed's ``max_out_pages`` bounds the lookup. With ``dirty=False`` (COMMIT, pins) a
+        page of a pager-backed root that is already present is not marked Dirty.
         """
+        if dirty_want is None:
+            dirty_want = want
         if self.parent is None and self.page_source is None:
             # An anonymous root, the most common case (every store fault of a plain VMO): its
             # own slot is the whole story, the page or a fresh zero page in its place.
@@ -524,7 +528,7 @@ class CowPages:
         v = self.page_list.get(off)
         if v > 0:
             if dirty and self.is_source_preserving() and self.pmm.dirty[v] != DirtyState.DIRTY:
-                self._prepare_for_write_locked(off, want)
+                self._prepare_for_write_locked(off, dirty_want)
             return v
         if v == EMPTY and self.parent is not None:
             owner, owner_off, v = self.find_initial_content_locked(off)
@@ -546,7 +550,7 @@ class CowPages:
                 assert src is not None
                 if src.traps_dirty:
                     # COMMIT and pins look up one page at a time (seed: max_out_pages 1).
-                    self._prepare_for_write_locked(off, want if dirty else 1)
+                    self._prepare_for_write_locked(off, dirty_want if dirty else 1)
                     raise AssertionError("a trapped dirty transition must raise NeedPages")
             if frame == ZERO_FRAME:
                 # A frame never handed out is zero already: skip the copy (a write fault of a
@@ -1037,7 +1041,9 @@ class CowPages:
             if self.page_list.get(off) == MARKER:
                 # Zero already and Clean: the seed leaves a marker alone rather than dirty it.
                 continue
-            pmm.zero_frame(self.lookup_for_write_locked(off, limit - off))
+            # The seed looks each page up alone (max_out_pages 1), so a DIRTY request never
+            # sweeps in the markers after it; absent content is asked for as one run (README).
+            pmm.zero_frame(self.lookup_for_write_locked(off, limit - off, dirty_want=1))
         freed = []
         for o, v in self.page_list.items(max(start, self.supply_zero_offset), end):
             if v > 0 and not pmm.pin_count[v]:
