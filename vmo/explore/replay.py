@@ -92,9 +92,13 @@ def load_repro(text: str, path: str = "<repro>") -> dict[str, Any]:
     if func is None:
         raise ZxError(Status.ERR_INVALID_ARGS, f"{path} has no test function: not a repro")
     body = func.body
+    # A repro with a context (``with MUTANT.applied(): _replay()``): the steps are in
+    # _replay, and they run inside that context.
+    contexts = [item.context_expr for n in func.body if isinstance(n, ast.With)
+                for item in n.items]
     replay = next((n for n in tree.body if isinstance(n, ast.FunctionDef)
                    and n.name == "_replay"), None)
-    if replay is not None:  # a repro with a context: the steps are in _replay
+    if replay is not None:
         body = replay.body
     setup = [n for n in body if not isinstance(n, ast.Try)]
     tries = [n for n in body if isinstance(n, ast.Try)]
@@ -130,7 +134,18 @@ def load_repro(text: str, path: str = "<repro>") -> dict[str, Any]:
         collected.clear()
         return out
 
-    error = run(prelude, "imports") or run(setup, "setup")
+    error = run(prelude, "imports")
+    stack = contextlib.ExitStack()
+    for i, expr in enumerate(contexts):
+        if error:
+            break
+        error = run([ast.parse(f"_vmo_context_{i} = {ast.unparse(expr)}").body[0]], "")
+        if not error:
+            try:
+                stack.enter_context(ns[f"_vmo_context_{i}"])
+            except Exception as e:  # noqa: BLE001 - reported as the replay's first step
+                error = f"{type(e).__name__}: {e}"
+    error = error or run(setup, "setup")
     machine = ns.get("state")
     k = getattr(machine, "k", None)
     if k is not None and not error:
@@ -148,6 +163,7 @@ def load_repro(text: str, path: str = "<repro>") -> dict[str, Any]:
     finally:
         for t in traced:
             t.close()
+        stack.close()
         teardown = getattr(machine, "teardown", None)
         if callable(teardown):
             with contextlib.suppress(Exception):  # a broken machine's teardown: keep the replay

@@ -37,6 +37,9 @@ CHILD_KINDS = {
     "at_least_on_write": ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE,
     "slice": ChildOptions.SLICE,
 }
+#: The operations the forms can ask for (`Session.apply`).
+OP_NAMES = ("create", "write", "read", "child", "snapshot", "slice", "close", "resize",
+            "op_range", "pager_create_vmo", "supply", "name")
 OPS_ALLOWED = ("COMMIT", "DECOMMIT", "ZERO", "LOCK", "TRY_LOCK", "UNLOCK", "DONT_NEED",
                "ALWAYS_NEED", "PREFETCH")
 
@@ -91,6 +94,7 @@ class Session:
             "pager_create_vmo": self._pager_create_vmo, "supply": self._supply,
             "name": self._name,
         }
+        assert tuple(self.ops) == OP_NAMES
 
     # ---------------------------------------------------------------- steps
 
