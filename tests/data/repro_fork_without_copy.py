@@ -11,6 +11,7 @@ tests to keep it fixed.
 
 from vmo.testing.machine import VmoStateMachine
 from vmo.testing.mutation import load_catalog
+
 MUTANT = {m.name: m for m in load_catalog('fuzz/mutants')}['fork_without_copy']
 
 
