@@ -220,3 +220,49 @@ def test_trace_of_a_closed_kernel_is_bad_handle() -> None:
     with pytest.raises(ZxError) as e:
         kernel.trace()
     assert e.value.status == Status.ERR_BAD_HANDLE
+
+
+_UFFD = __import__("vmo.pager.fault_handler", fromlist=["x"]).unavailable_reason()
+
+
+@pytest.mark.uffd
+@pytest.mark.skipif(_UFFD is not None, reason=_UFFD or "")
+def test_mapping_faults(k: vmo.Kernel) -> None:
+    """A read fault installs the shared page; the store that follows is a write-protect fault
+    that forks it. The fault's event comes once the handler is done, which may be just after
+    the faulting access has returned."""
+    import time
+
+    v = k.vmo_create(2 * P)
+    v.write(b"a" * P)
+    c = v.create_child(ChildOptions.SNAPSHOT, P, P)
+    m = c.map()
+    try:
+        with k.trace() as t:
+            assert m.read(1) == b"\0"  # the child's page 0 is the parent's page 1: zeros
+            m.write(b"b", 0)
+            deadline = time.monotonic() + 5
+            while sum(e.kind == "fault" for e in t.events) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        faults = [e for e in t.events if e.kind == "fault"]
+        assert [(e.koid, e.offset, e.access, e.resolution) for e in faults] == [
+            (c.koid, 0, "read", "installed"), (c.koid, 0, "write_protect", "installed")]
+        assert all(e.latency_us > 0 for e in faults)  # type: ignore[attr-defined]
+    finally:
+        m.unmap()
+
+
+def test_swap_moves(k: vmo.Kernel) -> None:
+    from vmo.pager.swap import SwapSource
+
+    with SwapSource(k) as swap:
+        v = swap.create_vmo(3 * P)
+        v.write(b"s" * 3 * P)
+        with k.trace() as t:
+            assert swap.move_to_staging() == 3
+            assert swap.swap_out() == 3
+            assert swap.swap_in() == 3
+        assert [(e.kind, e.move, e.pages) for e in t.events  # type: ignore[attr-defined]
+                if e.kind == "swap"] == [("swap", "stage", 3), ("swap", "swap_out", 3),
+                                         ("swap", "swap_in", 3)]
+        assert v.read(3 * P) == b"s" * 3 * P

@@ -468,3 +468,15 @@ def _pages(nbytes: int) -> int:
     from vmo.pmm import PAGE_SIZE
 
     return nbytes // PAGE_SIZE
+
+
+def faulted(tracer: Tracer, mapping: Any, page: int, write: int, wp: int, resolved: bool,
+            spent_ns: int) -> None:
+    """A fault of ``mapping`` at its ``page``: resolved on the handler thread ("installed"),
+    or handed to a worker to wait for a page source ("deferred")."""
+    from vmo.pmm import PAGE_SIZE
+
+    tracer.emit(Fault, koid=mapping.vmo.koid, offset=mapping.offset // PAGE_SIZE + page,
+                access="write_protect" if wp else ("write" if write else "read"),
+                resolution="installed" if resolved else "deferred",
+                latency_us=round(spent_ns / 1000, 3))
