@@ -11,6 +11,8 @@ Subcommands:
   (``--mutants``) the mutation check; the work is in `vmo.testing.console`.
 - ``vmo swap``: the swap experiment (a VMO moved out and faulted back by a workload); the work
   is in `vmo.pager.swap.cli`.
+- ``vmo trace``: run a program with the event trace on (`vmo.trace_cli`).
+- ``vmo explore``: the explorer, a local web page showing a live kernel (`vmo.explore`).
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its parser and sets
 ``func`` to a handler ``(args) -> int``; `_SUBCOMMANDS` lists them in ``--help`` order. To add
@@ -1126,12 +1128,26 @@ def _add_swap(sub: Any) -> None:
     add_parser(sub)
 
 
+def _add_trace(sub: Any) -> None:
+    from vmo.trace_cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_explore(sub: Any) -> None:
+    from vmo.explore.cli import add_parser
+
+    add_parser(sub)
+
+
 # Every subcommand, in --help order: each adder declares a parser and sets ``func``.
 # - ``vmo bench`` (bench/bench_core.py): add ``_add_bench`` here.
 _SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
     _add_fuzz,
     _add_swap,
+    _add_trace,
+    _add_explore,
 ]
 
 

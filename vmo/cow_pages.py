@@ -43,6 +43,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from vmo import trace
 from vmo.errors import Status, ZxError
 from vmo.page_list import EMPTY, MARKER, NODE_MASK, NODE_SHIFT, PageList
 from vmo.pmm import (
@@ -59,6 +60,7 @@ from vmo.pmm import (
 
 if TYPE_CHECKING:
     from vmo.pager.source import AnonymousPageSource, PageSource
+    from vmo.trace import Tracer
 
 # A slot value returned by `resolve_range` where a page source must supply content.
 ABSENT = -2
@@ -137,6 +139,9 @@ class KernelState:
         self.hierarchies: set[Hierarchy] = set()
         self.hierarchies_lock = threading.Lock()
         self.eviction_count = 0
+        # The event trace (`vmo.trace`): None unless a trace is active. Every hook tests it
+        # and nothing else, so tracing costs one attribute read when off.
+        self.tracer: Tracer | None = None
 
 
 class CowPages:
@@ -563,6 +568,8 @@ class CowPages:
                 self.pmm.dirty[new] = DirtyState.DIRTY
                 self._consider_trim_awaiting_clean_zero_range_locked(off)
                 self.modified = True
+                if (tracer := self.hier.kernel.tracer) is not None:
+                    trace.dirtied(tracer, self, off)
             self._place_locked(off, new)
             self.range_change_locked(off, off + 1, RangeChangeOp.UNMAP)
             self.hier.generation += 1
@@ -603,6 +610,7 @@ class CowPages:
         # updates after `skip_range_update` turns false).
         unmap_from: CowPages | None = None
         unmap_off = 0
+        tracer = self.hier.kernel.tracer
         for child in path:
             child_off = cur_off - child.parent_offset
             side = SPLIT_LEFT if target_owner.children[0] is child else SPLIT_RIGHT
@@ -611,12 +619,16 @@ class CowPages:
                 assert not (pmm.split[target] & side)
                 pmm.split[target] = 0
                 target_owner.page_list.remove(cur_off)
+                if tracer is not None:
+                    trace.migrated(tracer, target_owner, cur_off, child, child_off)
             else:
                 cover = self._alloc_locked(1, zero=False)[0]
                 pmm.copy_frame(cover, target)
                 assert pmm.split[target] == 0
                 pmm.split[target] = side
                 target = cover
+                if tracer is not None:
+                    trace.forked(tracer, target_owner, cur_off, child, child_off, side)
                 if unmap_from is None:
                     unmap_from, unmap_off = child, child_off
             child._place_locked(child_off, target)
@@ -642,6 +654,8 @@ class CowPages:
         else:
             self.pmm.split[frame] |= side
         self.page_list.set(off, MARKER)
+        if (tracer := self.hier.kernel.tracer) is not None:
+            trace.marker(tracer, self, off, True)
 
     # ---------------------------------------------------------------- read and write
 
@@ -1011,6 +1025,8 @@ class CowPages:
                 self.page_list.remove(off)
                 freed.append(slot)
             self.page_list.set(off, MARKER)
+            if (tracer := self.hier.kernel.tracer) is not None:
+                trace.marker(tracer, self, off, True)
         self._free_frames_locked(freed)
         self.hier.generation += 1
 
@@ -1099,10 +1115,13 @@ class CowPages:
         mine, other = (SPLIT_LEFT, SPLIT_RIGHT) if left else (SPLIT_RIGHT, SPLIT_LEFT)
         pmm = self.pmm
         plist = parent.page_list
+        tracer, freed_before = self.hier.kernel.tracer, len(freed)
         for off, v in list(plist.items(p_start, p_end)):
             if v == MARKER:
                 if not sibling_visible:
                     plist.remove(off)
+                    if tracer is not None:
+                        trace.marker(tracer, parent, off, False)
                 continue
             if not sibling_visible or pmm.split[v] & other:
                 plist.remove(off)
@@ -1114,6 +1133,8 @@ class CowPages:
                 pmm.split[v] = 0
             else:
                 pmm.split[v] |= mine
+        if tracer is not None:
+            trace.released(tracer, self, start, end, len(freed) - freed_before)
 
     def _release_cow_parent_pages_locked(self, start: int, end: int, freed: list[int]) -> None:
         """Stop seeing ``[start, end)`` of the parent, freeing what nobody else sees (seed:
@@ -1245,7 +1266,11 @@ class CowPages:
         removed_left = self.children[0] is removed
         self.children.remove(removed)
         child = self.children[0]
-        self._merge_content_with_child_locked(removed, removed_left)
+        if (tracer := self.hier.kernel.tracer) is not None:
+            with trace.merging(tracer, self, child, removed):
+                self._merge_content_with_child_locked(removed, removed_left)
+        else:
+            self._merge_content_with_child_locked(removed, removed_left)
         if child.page_attribution_user_id != self.page_attribution_user_id:
             # The VMO this node's pages were charged to just closed. Each hidden ancestor that
             # was charging it as well now charges its child we did not come up through.
@@ -1511,6 +1536,8 @@ class CowPages:
         self._free_frames_locked(frames)
         self.eviction_events += 1
         self._move_to_list_locked(DiscardableState.DISCARDED)
+        if (tracer := self.hier.kernel.tracer) is not None:
+            trace.discarded(tracer, self, len(frames))
         return len(frames)
 
     # ---------------------------------------------------------------- pinning
@@ -1590,6 +1617,8 @@ class CowPages:
         if state == DirtyState.DIRTY:
             self._consider_trim_awaiting_clean_zero_range_locked(off)
             self.modified = True
+            if (tracer := self.hier.kernel.tracer) is not None:
+                trace.dirtied(tracer, self, off)
         if pmm.pin_count[frame]:
             return  # stays wired; the queue follows the state when unpinned
         pmm.set_queue(frame, self._queue_for(state))
@@ -1796,6 +1825,8 @@ class CowPages:
             pmm.dirty[f] = DirtyState.DIRTY
             self._place_locked(off, f)
             self._consider_trim_awaiting_clean_zero_range_locked(off)
+            if (tracer := self.hier.kernel.tracer) is not None:
+                trace.dirtied(tracer, self, off)
         if need:
             self.range_change_locked(start, end, RangeChangeOp.UNMAP)
             self.modified = True
@@ -1913,6 +1944,8 @@ class CowPages:
         self.page_list.remove(off)
         self._free_frames_locked([frame])
         self.eviction_events += 1
+        if (tracer := self.hier.kernel.tracer) is not None:
+            trace.evicted(tracer, self, off)
         return True
 
     def hint_locked(self, start: int, end: int, always_need: bool) -> None:

@@ -17,6 +17,7 @@ from vmo import _args
 from vmo.cow_pages import CowPages, DiscardableState, Hierarchy, KernelState, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE, PageQueue, PhysicalMemory
+from vmo.trace import Trace, TraceEvent, trace_from_environment
 from vmo.types import MemoryStats, VmoOptions
 from vmo.vm_object import Vmo
 
@@ -48,6 +49,8 @@ class Kernel:
         # itself when dropped, or is kept alive by its VMOs).
         self._pagers: weakref.WeakSet[Pager] = weakref.WeakSet()
         self._file_pagers: weakref.WeakSet[FilePager] = weakref.WeakSet()
+        # `vmo trace` traces every kernel of the traced program (see `vmo.trace`).
+        self._env_trace = trace_from_environment(self.state)
 
     def __repr__(self) -> str:
         return (f"<Kernel {self.pmm.total_frames * PAGE_SIZE >> 20} MiB, "
@@ -197,6 +200,13 @@ class Kernel:
             discardable_locked_pages=locked, discardable_unlocked_pages=unlocked,
             page_size=PAGE_SIZE, unreachable_pages=pmm.used_frames - charged)
 
+    def trace(self, callback: Callable[[TraceEvent], Any] | None = None) -> Trace:
+        """Record what this kernel does (`vmo.trace`): ``with k.trace() as t:`` collects
+        events in ``t.events``; ``k.trace(callback)`` calls ``callback(event)`` for each,
+        until the returned trace is closed. Several traces may be active at once."""
+        self._check_open()
+        return Trace(self.state, callback)
+
     def dedup_zero_pages(self) -> int:
         """Replace committed all-zero pages of anonymous VMOs by zero markers (the kernel's
         zero-page scanner). Returns the pages freed."""
@@ -265,6 +275,9 @@ class Kernel:
                 v.close()
         self.closed = True
         self.pmm.close()
+        if self._env_trace is not None:
+            self._env_trace.close()
+            self._env_trace._writer.close()  # type: ignore[attr-defined]
 
     def __enter__(self) -> Kernel:
         return self

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmo import _args
+from vmo import _args, trace
 from vmo.cow_pages import CowPages, DiscardableState, NeedPages, RangeChangeOp
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE, ZERO_FRAME
@@ -352,7 +352,9 @@ class Mapping:
         wait = mgr._resolve(self, page, write)
         if wait is not None:
             mgr._defer(self, page, bool(write), wait)
-        self._time_ns += _now_ns() - t0
+        self._time_ns += (spent := _now_ns() - t0)
+        if (tracer := self.vmo._kernel.state.tracer) is not None:
+            trace.faulted(tracer, self, page, write, wp, wait is None, spent)
 
     def on_uffd_error(self, err: int) -> None:
         # The userfaultfd became unreadable (the workload's process is gone): drop the mapping.

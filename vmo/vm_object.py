@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vmo import _args
+from vmo import _args, trace
 from vmo.cow_pages import COMMIT_CHUNK, CowPages, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE
@@ -59,6 +59,9 @@ class Vmo:
         self.mappings: list[Mapping] = []
         self._pins: set[PinnedRange] = set()
         kernel._register(self)
+        if (tracer := kernel.state.tracer) is not None:
+            tracer.emit(trace.VmoCreate, koid=self.koid, node=cow.id, size=cow.size,
+                        parent_koid=self._parent_koid)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.cow.size * PAGE_SIZE:#x} bytes"
@@ -333,6 +336,8 @@ class Vmo:
                             discardable=False, writable=not opts & ChildOptions.NO_WRITE,
                             parent=self, is_cow_clone=True)
             self._num_children += 1
+            if (tracer := self._kernel.state.tracer) is not None:
+                trace.cloned(tracer, self, child, kinds.name or "", offset, size)
             return child
 
         return self._locked_retry(op)
@@ -451,6 +456,8 @@ class Vmo:
                                           (pinned.offset + pinned.size) // PAGE_SIZE)
                 pinned._released = True
             self._pins.clear()
+            if (tracer := self._kernel.state.tracer) is not None:
+                tracer.emit(trace.VmoClose, koid=self.koid, node=self.cow.id)
             if not self._kernel.closed:
                 self.cow.close_locked()
             if self._parent is not None and not self._parent._closed:

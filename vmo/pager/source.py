@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from vmo import trace
 from vmo.errors import Status, ZxError
 
 if TYPE_CHECKING:
@@ -128,7 +129,10 @@ class RequestTracker:
                           set(range(need.offset, end)))
             self.outstanding.append(req)
             self.requests_made += 1
-            return req
+        if (tracer := need.node.hier.kernel.tracer) is not None:
+            trace.request(tracer, need.node, req.offset, req.length, command.name.lower(),
+                          "issued")
+        return req
 
     # -- completion (hierarchy lock held by the caller) -----------------------------------------
 
@@ -157,6 +161,8 @@ class RequestTracker:
 
     def on_pages_supplied(self, node: CowPages, start: int, length: int) -> None:
         self.pages_supplied += length
+        if (tracer := node.hier.kernel.tracer) is not None:
+            trace.supplied(tracer, node, start, length)
         self._resolve(node, start, length, PageRequestCommand.READ, Status.OK)
 
     def on_pages_dirtied(self, node: CowPages, start: int, length: int) -> None:
@@ -164,6 +170,8 @@ class RequestTracker:
 
     def fail(self, node: CowPages, start: int, length: int, status: Status) -> None:
         self.requests_failed += 1
+        if (tracer := node.hier.kernel.tracer) is not None:
+            trace.request(tracer, node, start, length, "any", "failed", status)
         self._resolve(node, start, length, None, status)
 
     def on_resize(self, node: CowPages, start: int, end: int) -> None:
@@ -199,6 +207,10 @@ class RequestTracker:
                             # asks the pager again (a lost request must not block forever).
                             self.outstanding.remove(request)
                             request.status = Status.ERR_TIMED_OUT
+                            if (tracer := request.node.hier.kernel.tracer) is not None:
+                                trace.request(tracer, request.node, request.offset,
+                                              request.length, request.command.name.lower(),
+                                              "timed_out", Status.ERR_TIMED_OUT)
                         raise ZxError(Status.ERR_TIMED_OUT,
                                       f"page request [{request.offset}, +{request.length}) "
                                       f"pages was not resolved within {timeout} s")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmo import _args
+from vmo import _args, trace
 from vmo.cow_pages import MAX_SUPPLY_PAGES, CowPages, fill_frames_from_fd
 from vmo.errors import Status, ZxError
 from vmo.page_list import EMPTY, MARKER
@@ -376,10 +376,14 @@ class Pager:
                     raise ZxError(Status.ERR_INVALID_ARGS,
                                   f"WRITEBACK_BEGIN data {data:#x} has unknown bits")
                 node.writeback_begin_locked(start, end)
+                if (tracer := node.hier.kernel.tracer) is not None:
+                    trace.writeback(tracer, node, start, end - start, "begin")
             else:
                 if data:
                     raise ZxError(Status.ERR_INVALID_ARGS, "WRITEBACK_END takes no data")
                 node.writeback_end_locked(start, end)
+                if (tracer := node.hier.kernel.tracer) is not None:
+                    trace.writeback(tracer, node, start, end - start, "end")
 
     def query_dirty_ranges(self, vmo: Vmo, offset: int, length: int) -> list[DirtyRange]:
         """``zx_pager_query_dirty_ranges``: the runs not yet written back, in bytes."""

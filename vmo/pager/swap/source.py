@@ -65,6 +65,7 @@ from vmo.pager.swap.state import (
 )
 from vmo.pager.swap.vmo_source import SwapVmoSource
 from vmo.pmm import PAGE_SIZE
+from vmo.trace import SwapMove
 from vmo.types import VmoOptions
 from vmo.vm_object import Vmo
 
@@ -290,6 +291,7 @@ class SwapSource:
             finally:
                 self._state.account(moved, time.perf_counter() - t0)
             self._settle_locked()
+            self._trace("stage", moved)
             return moved
 
     def swap_out(self, max_bytes: int | None = None) -> int:
@@ -325,6 +327,7 @@ class SwapSource:
             finally:
                 self._state.account(written, time.perf_counter() - t0)
             self._settle_locked()
+            self._trace("swap_out", written)
             return written
 
     def swap_in(self, max_bytes: int | None = None) -> int:
@@ -339,7 +342,9 @@ class SwapSource:
             return 0
         with self._step_lock:
             self._check_open()
-            return self._swap_in_locked(max_pages)
+            done = self._swap_in_locked(max_pages)
+            self._trace("swap_in", done)
+            return done
 
     def _swap_in_locked(self, max_pages: int | None) -> int:
         t0 = time.perf_counter()
@@ -405,7 +410,13 @@ class SwapSource:
             self._trim_cursor = cursor
             self._state.account(trimmed, time.perf_counter() - t0)
             self._settle_locked()
+            self._trace("trim", trimmed)
             return trimmed
+
+    def _trace(self, move: str, pages: int) -> None:
+        """One ``swap`` event (`vmo.trace.SwapMove`) per call that moved pages."""
+        if pages and (tracer := self.kernel.state.tracer) is not None:
+            tracer.emit(SwapMove, move=move, pages=pages)
 
     # ---------------------------------------------------------------- stacking
 
