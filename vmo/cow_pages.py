@@ -261,6 +261,10 @@ class CowPages:
         pmm = self.pmm
         pmm.set_owner(frame, self, off)
         pmm.split[frame] = 0
+        if self.page_source is None:
+            # A page of an anonymous source's root that migrates into a child leaves the dirty
+            # tracking of the root behind.
+            pmm.dirty[frame] = DirtyState.UNTRACKED
         pmm.set_queue(frame, self._queue_for(pmm.dirty[frame]))
         return old
 
@@ -332,8 +336,11 @@ class CowPages:
         """
         assert not self.hidden and not (snapshot and self.is_slice)
         if snapshot:
-            if self.is_pager_backed():
+            if self.is_pager_backed() and not self.acts_anonymous():
                 raise ZxError(Status.ERR_NOT_SUPPORTED, "cannot snapshot a pager-backed VMO")
+            # In a hierarchy of an anonymous source every at-least-on-write clone is a
+            # snapshot too, so a visible node's parent is the source root or hidden.
+            assert self.parent is None or self.parent.hidden
             if self.pinned_pages:
                 raise ZxError(Status.ERR_BAD_STATE,
                               f"VMO has {self.pinned_pages} pinned pages; unpin before a snapshot")
@@ -956,6 +963,14 @@ class CowPages:
                 self._release_cow_parent_pages_locked(start, self.parent_limit, freed)
             else:
                 self.parent_limit = start
+        if self.parent is not None and self.parent.hidden and self.acts_anonymous():
+            # Content the source root does not hold yet cannot carry a split bit: have it
+            # supplied first, so that hiding it from this side is the usual fork to zero.
+            self._free_frames_locked(freed)
+            freed = []
+            _, absent = self.resolve_range(start, max(start, min(end, self.parent_limit)))
+            if absent:
+                raise NeedPages(self.root(), absent[0], _run_length(absent))
         if self.parent is not None and self.parent.hidden:
             # Only offsets where we hold something, or an ancestor shows a page, can need
             # work: elsewhere an empty slot already reads zero. This keeps the cost of zeroing
@@ -1089,6 +1104,12 @@ class CowPages:
                 ce = min(ce + cur.parent_offset, up.parent_limit)
                 cur = up
             skip_split_bits = False
+        if not sibling_visible and parent.parent is None:
+            anonymous = parent.anonymous_source()
+            if anonymous is not None:
+                # Nobody sees this range of the source root any more: the copies the source
+                # holds of it go too, as the frames below do.
+                anonymous.on_pages_removed(parent, p_start, min(p_end, parent.size))
         left = parent.children[0] is self
         mine, other = (SPLIT_LEFT, SPLIT_RIGHT) if left else (SPLIT_RIGHT, SPLIT_LEFT)
         pmm = self.pmm
@@ -1238,6 +1259,12 @@ class CowPages:
         removed_left = self.children[0] is removed
         self.children.remove(removed)
         child = self.children[0]
+        source = self.anonymous_source() if self.parent is None else None
+        if source is not None:
+            # The hidden root of an anonymous source's snapshots: the source follows its
+            # content into the child (`_hand_source_down_locked`).
+            source.on_root_merge(self, child, child.parent_offset, child.parent_start_limit,
+                                 child.parent_limit)
         self._merge_content_with_child_locked(removed, removed_left)
         if child.page_attribution_user_id != self.page_attribution_user_id:
             # The VMO this node's pages were charged to just closed. Each hidden ancestor that
@@ -1265,7 +1292,27 @@ class CowPages:
             self.hier.root = child
         child.parent = self.parent
         self.parent = None
+        if source is not None:
+            self._hand_source_down_locked(child)
         self.hier.generation += 1
+
+    def _hand_source_down_locked(self, child: CowPages) -> None:
+        """This hidden root, backed by an anonymous source, was merged into ``child``, the new
+        root: the child is backed by the source from now on (the source re-aimed itself in
+        ``on_root_merge``). Every absent page is the source's to answer (it holds nothing
+        where the child saw zeros), and the child's pages take the dirty tracking of a source
+        root: Dirty, since the arena holds their only copy."""
+        src = self.page_source
+        assert src is not None
+        self.page_source = None
+        self.supply_zero_offset = NO_SUPPLY_ZERO
+        self.awaiting_clean_zero_range_end = 0
+        child.page_source = src
+        child.supply_zero_offset = child.size
+        child.awaiting_clean_zero_range_end = 0
+        frames = [v for _, v in child.page_list.pages()]
+        if frames:
+            self.pmm.set_dirty_many(frames, DirtyState.DIRTY, PageQueue.PAGER_BACKED_DIRTY)
 
     def _merge_content_with_child_locked(self, removed: CowPages, removed_left: bool) -> None:
         """Fold this hidden node into its one remaining child (seed: ``MergeContentWithChild``).
@@ -1930,6 +1977,15 @@ class CowPages:
         if src is not None and getattr(src, "anonymous", False):
             return cast("AnonymousPageSource", src)
         return None
+
+    def acts_anonymous(self) -> bool:
+        """Whether this node's hierarchy behaves as anonymous memory: no page source, or an
+        anonymous one at the root. Such hierarchies take snapshots: the root then becomes
+        the hidden node and keeps its source, which supplies absent content into it; forks
+        copy or migrate it from there as from any hidden node, and a merge of that root
+        hands the source down (`_hand_source_down_locked`). See the README's swap notes."""
+        root = self.root()
+        return root.page_source is None or root.anonymous_source() is not None
 
     def detach_source_locked(self) -> None:
         """Seed: ``DetachSourceLocked``: drop every page so that later accesses fail."""

@@ -403,17 +403,21 @@ class PageHandler:
 
 def _resident_runs(node: CowPages) -> list[tuple[int, list[int]]]:
     """``(first_offset, frames)`` for each run of consecutive offsets of the node that hold
-    unpinned frames (zero markers and pinned pages split runs and stay)."""
+    unpinned frames (zero markers and pinned pages split runs and stay). Of a hidden root (a
+    snapshot's; see `vmo.cow_pages.CowPages.acts_anonymous`), pages that carry a split bit
+    stay too: the bit says which side forked the page, and a staged copy could not keep it.
+    They are the pages one side already replaced, seen by the other side only."""
     pin = node.pmm.pin_count if node.pinned_pages else None
+    split = node.pmm.split if node.hidden else None
     runs: list[tuple[int, list[int]]] = []
     for seg_start, slots in node.page_list.segments(0, node.size):
-        if pin is None and min(slots) > 0:
+        if pin is None and split is None and min(slots) > 0:
             runs.append((seg_start, slots.tolist()))  # the usual case: one C-level copy
             continue
         cur: list[int] = []
         cur_start = 0
         for i, f in enumerate(slots):
-            if f > 0 and (pin is None or not pin[f]):
+            if f > 0 and (pin is None or not pin[f]) and (split is None or not split[f]):
                 if not cur:
                     cur_start = seg_start + i
                 cur.append(f)

@@ -174,12 +174,14 @@ class SwapSource:
             return list(self._sources)
 
     def vmos(self) -> list[Vmo]:
-        """The open VMOs of this source, oldest first."""
+        """The open VMOs this source created, oldest first (their snapshots are not listed,
+        though their pages are the source's too)."""
         return [s.vmo for s in self._live_sources() if s.vmo is not None and not s.vmo.closed]
 
     def _targets(self, vmos: Any) -> list[SwapVmoSource]:
         if vmos is None:
-            return [s for s in self._live_sources() if s.vmo is not None and not s.vmo.closed]
+            # Every live region: a VMO whose handle closed may leave its pages to children.
+            return self._live_sources()
         if isinstance(vmos, Vmo):
             vmos = [vmos]
         if isinstance(vmos, str | bytes) or not isinstance(vmos, Iterable):
@@ -191,13 +193,14 @@ class SwapSource:
             if not isinstance(v, Vmo):
                 raise ZxError(Status.ERR_WRONG_TYPE, f"vmos holds a {type(v).__name__}, not a Vmo")
             v._check_open()
-            src = v.cow.root_page_source() if not v.cow.is_slice else \
-                v.cow.slice_parent()[0].root_page_source()
             if v._kernel is not self.kernel:
                 raise ZxError(Status.ERR_INVALID_ARGS,
                               f"VMO koid {v.koid} belongs to another kernel")
-            if not isinstance(src, SwapVmoSource) or src not in self._sources or \
-                    src.vmo is not v:
+            # Any VMO of a hierarchy whose root this source backs names that root's region:
+            # the source's own VMOs, their snapshots, slices and children.
+            with v._hier.lock:
+                src = v.cow.root_page_source()
+            if not isinstance(src, SwapVmoSource) or src not in self._sources:
                 raise ZxError(Status.ERR_INVALID_ARGS,
                               f"VMO koid {v.koid} is not a VMO of this swap source")
             if src not in out:
