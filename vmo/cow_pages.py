@@ -1719,18 +1719,24 @@ class CowPages:
             if new != szo:
                 self._update_supply_zero_offset_locked(new)
 
-    def supply_pages_locked(self, start: int, slots: list[int]) -> list[int]:
+    def supply_pages_locked(self, start: int, slots: list[int], *,
+                            dirty: bool = False) -> list[int]:
         """Place supplied frames (or MARKERs for zero pages) where content is truly absent.
 
         Seed: ``SupplyPagesLocked``. Pages already present, and offsets from
         supply_zero_offset on, keep their content; the supplied frames for them are returned
-        for the caller to free. Supplied pages start Clean.
+        for the caller to free. Supplied pages start Clean; with ``dirty`` (an anonymous
+        source handing back the only copy of a page, as the swap source does) they start
+        Dirty, placed so in one step.
         """
         assert self.is_source_preserving()
+        assert not dirty or self.anonymous_source() is not None
         src = self.page_source
         assert src is not None
         rejected: list[int] = []
         pmm = self.pmm
+        state = DirtyState.DIRTY if dirty else DirtyState.CLEAN
+        queue = self._queue_for(state)
         end = start + len(slots)
         if end <= self.supply_zero_offset and not self.page_list.any_in_range(start, end):
             # Every slot is absent (the usual answer to a request): place them all at once.
@@ -1739,7 +1745,7 @@ class CowPages:
                 # slices; consecutive frames reach the page list as a slice of `ascending`.
                 run = pmm.ascending_run(slots[0], len(slots)) if consecutive(slots) else slots
                 self.page_list.fill_empty_run(start, run)
-                pmm.place_many(slots, self, start, PageQueue.PAGER_BACKED, DirtyState.CLEAN)
+                pmm.place_many(slots, self, start, queue, state)
             else:
                 self.page_list.fill_empty_run(start, slots)
                 # The frames between the markers, each stretch placed in one step.
@@ -1751,8 +1757,7 @@ class CowPages:
                     j = i + 1
                     while j < len(slots) and slots[j] > 0:
                         j += 1
-                    pmm.place_many(slots[i:j], self, start + i, PageQueue.PAGER_BACKED,
-                                   DirtyState.CLEAN)
+                    pmm.place_many(slots[i:j], self, start + i, queue, state)
                     i = j
             self.range_change_locked(start, end, RangeChangeOp.UNMAP)
             src.on_pages_supplied(self, start, len(slots))
@@ -1770,7 +1775,7 @@ class CowPages:
                 run_start, run_len = off + 1, 0
                 continue
             if v > 0:
-                pmm.dirty[v] = DirtyState.CLEAN
+                pmm.dirty[v] = state
                 self._place_locked(off, v)
             else:
                 self.page_list.set(off, MARKER)

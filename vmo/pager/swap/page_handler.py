@@ -50,7 +50,7 @@ from vmo.pager.swap.frame_io import frame_runs
 from vmo.pager.swap.region import Region
 from vmo.pager.swap.state import COUNTERS
 from vmo.pager.uffd import fallocate_punch_hole
-from vmo.pmm import PAGE_SIZE, DirtyState, PageQueue, PhysicalMemory
+from vmo.pmm import PAGE_SIZE, DirtyState, PhysicalMemory
 
 if TYPE_CHECKING:
     from vmo.cow_pages import CowPages
@@ -123,28 +123,22 @@ class PageHandler:
                        dirty: bool) -> int:
         """Place ``slots`` (frames, or MARKERs for zeros) at ``start`` where the node holds
         nothing; frames for slots that are taken meanwhile are freed. Returns the slots
-        placed. Placed frames are Dirty when ``dirty`` (the arena holds their only copy)."""
+        placed. Placed frames are Dirty when ``dirty`` (the arena holds their only copy),
+        placed so directly (`CowPages.supply_pages_locked`)."""
         node = region.node
-        pmm = node.pmm
-        rejected = node.supply_pages_locked(start, slots)
+        rejected = node.supply_pages_locked(start, slots, dirty=dirty)
         if rejected:
-            pmm.free(rejected)
+            node.pmm.free(rejected)
             self.count(redundant_pages=len(rejected))
-        placed = [f for f in slots if f > 0]
-        if rejected:
-            gone = set(rejected)
-            placed = [f for f in placed if f not in gone]
-        if dirty and placed:
-            # Run by run: the frame table moves a run of consecutive frames as column slices.
-            i = 0
-            for _, n in frame_runs(placed):
-                pmm.set_dirty_many(placed[i:i + n], DirtyState.DIRTY,
-                                   PageQueue.PAGER_BACKED_DIRTY)
-                i += n
         return len(slots) - len(rejected)
 
     def _alloc_locked(self, node: CowPages, count: int) -> list[int]:
-        return node.pmm.alloc(count, zero=False)
+        # Sorted: the frames a move freed come back from the allocator as runs of one move
+        # batch each, last batch first; in order they are mostly one run, which the reads
+        # fill with one iovec and the page list and frame table take as slices.
+        frames = node.pmm.alloc(count, zero=False)
+        frames.sort()
+        return frames
 
     def _from_staging_locked(self, region: Region, start: int, end: int) -> int:
         staging = region.staging
