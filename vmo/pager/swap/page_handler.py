@@ -15,7 +15,10 @@ The moves, each made under the hierarchy lock of the VMO (methods ending in ``_l
   absent pages: supply each from staging, else from the swap file, else zeros (crosvm's
   ``handle_page_fault``: ``copied_from_staging``, ``copied_from_file``, ``zeroed``; pages found
   present already are ``redundant``). Pages brought back are Dirty: the arena holds their only
-  copy, so the kernel must never evict them as if a source could supply them again.
+  copy, so the kernel must never evict them as if a source could supply them again. They are
+  placed Dirty in one step (`CowPages.supply_pages_locked` with ``dirty=True``), into frames
+  allocated in ascending order (one run: one ``preadv`` iovec, column slices in the frame
+  table).
 - `move_to_staging_locked` -- copy the resident pages into staging and free their frames, in
   batches of 2 MiB (crosvm's THP-sized batches): for each batch, mapped copies are recalled and
   dropped (a range change), the frames are copied out, removed from the page list, punched out

@@ -20,6 +20,15 @@ machinery does the work crosvm gets from userfaultfd on guest memory:
   (crosvm's ``handle_page_remove``; DECOMMIT and ZERO reach the source through the core's
   anonymous-source hook, `vmo.cow_pages.CowPages.anonymous_source`).
 
+Snapshots. The source is *anonymous*, so its VMOs take snapshots as anonymous VMOs do
+(`vmo.cow_pages.CowPages.acts_anonymous`; at-least-on-write clones are snapshots too): the
+root becomes the hidden node and keeps this source, whose region stays that node's pages.
+Absent content is supplied into the hidden root and forked from there; `move_to_staging` moves
+the pages both sides share and leaves those with a split bit (see
+`page_handler._resident_runs`). When one side closes and the hidden root merges into the
+other, the region follows (`SwapVmoSource.on_root_merge`). Any VMO of the hierarchy names the
+region in ``vmos=``.
+
 Stacking: ``SwapSource(k, over=file_pager)`` (a `vmo.pager.FilePager`, or any VMO -- for
 instance one of a user `vmo.Pager`). Its VMOs then show the content of the VMO below at the
 same offsets (as an at-least-on-write clone would): absent pages that are neither staged nor
