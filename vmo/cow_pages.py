@@ -1725,12 +1725,11 @@ class CowPages:
 
         Seed: ``SupplyPagesLocked``. Pages already present, and offsets from
         supply_zero_offset on, keep their content; the supplied frames for them are returned
-        for the caller to free. Supplied pages start Clean; with ``dirty`` (an anonymous
-        source handing back the only copy of a page, as the swap source does) they start
-        Dirty, placed so in one step.
+        for the caller to free. Supplied pages start Clean; with ``dirty`` (a source handing
+        back pages whose only copy is then the arena, as the swap source does on swap-in)
+        they start Dirty, placed so in one step.
         """
         assert self.is_source_preserving()
-        assert not dirty or self.anonymous_source() is not None
         src = self.page_source
         assert src is not None
         rejected: list[int] = []
