@@ -266,6 +266,10 @@ class CowPages:
         pmm = self.pmm
         pmm.set_owner(frame, self, off)
         pmm.split[frame] = 0
+        if self.page_source is None:
+            # A page of an anonymous source's root that migrates into a child leaves the dirty
+            # tracking of the root behind.
+            pmm.dirty[frame] = DirtyState.UNTRACKED
         pmm.set_queue(frame, self._queue_for(pmm.dirty[frame]))
         return old
 
@@ -337,8 +341,11 @@ class CowPages:
         """
         assert not self.hidden and not (snapshot and self.is_slice)
         if snapshot:
-            if self.is_pager_backed():
+            if self.is_pager_backed() and not self.acts_anonymous():
                 raise ZxError(Status.ERR_NOT_SUPPORTED, "cannot snapshot a pager-backed VMO")
+            # In a hierarchy of an anonymous source every at-least-on-write clone is a
+            # snapshot too, so a visible node's parent is the source root or hidden.
+            assert self.parent is None or self.parent.hidden
             if self.pinned_pages:
                 raise ZxError(Status.ERR_BAD_STATE,
                               f"VMO has {self.pinned_pages} pinned pages; unpin before a snapshot")
@@ -974,6 +981,14 @@ class CowPages:
                 self._release_cow_parent_pages_locked(start, self.parent_limit, freed)
             else:
                 self.parent_limit = start
+        if self.parent is not None and self.parent.hidden and self.acts_anonymous():
+            # Content the source root does not hold yet cannot carry a split bit: have it
+            # supplied first, so that hiding it from this side is the usual fork to zero.
+            self._free_frames_locked(freed)
+            freed = []
+            _, absent = self.resolve_range(start, max(start, min(end, self.parent_limit)))
+            if absent:
+                raise NeedPages(self.root(), absent[0], _run_length(absent))
         if self.parent is not None and self.parent.hidden:
             # Only offsets where we hold something, or an ancestor shows a page, can need
             # work: elsewhere an empty slot already reads zero. This keeps the cost of zeroing
@@ -1111,6 +1126,12 @@ class CowPages:
                 ce = min(ce + cur.parent_offset, up.parent_limit)
                 cur = up
             skip_split_bits = False
+        if not sibling_visible and parent.parent is None:
+            anonymous = parent.anonymous_source()
+            if anonymous is not None:
+                # Nobody sees this range of the source root any more: the copies the source
+                # holds of it go too, as the frames below do.
+                anonymous.on_pages_removed(parent, p_start, min(p_end, parent.size))
         left = parent.children[0] is self
         mine, other = (SPLIT_LEFT, SPLIT_RIGHT) if left else (SPLIT_RIGHT, SPLIT_LEFT)
         pmm = self.pmm
@@ -1266,6 +1287,12 @@ class CowPages:
         removed_left = self.children[0] is removed
         self.children.remove(removed)
         child = self.children[0]
+        source = self.anonymous_source() if self.parent is None else None
+        if source is not None:
+            # The hidden root of an anonymous source's snapshots: the source follows its
+            # content into the child (`_hand_source_down_locked`).
+            source.on_root_merge(self, child, child.parent_offset, child.parent_start_limit,
+                                 child.parent_limit)
         if (tracer := self.hier.kernel.tracer) is not None:
             with trace.merging(tracer, self, child, removed):
                 self._merge_content_with_child_locked(removed, removed_left)
@@ -1297,7 +1324,27 @@ class CowPages:
             self.hier.root = child
         child.parent = self.parent
         self.parent = None
+        if source is not None:
+            self._hand_source_down_locked(child)
         self.hier.generation += 1
+
+    def _hand_source_down_locked(self, child: CowPages) -> None:
+        """This hidden root, backed by an anonymous source, was merged into ``child``, the new
+        root: the child is backed by the source from now on (the source re-aimed itself in
+        ``on_root_merge``). Every absent page is the source's to answer (it holds nothing
+        where the child saw zeros), and the child's pages take the dirty tracking of a source
+        root: Dirty, since the arena holds their only copy."""
+        src = self.page_source
+        assert src is not None
+        self.page_source = None
+        self.supply_zero_offset = NO_SUPPLY_ZERO
+        self.awaiting_clean_zero_range_end = 0
+        child.page_source = src
+        child.supply_zero_offset = child.size
+        child.awaiting_clean_zero_range_end = 0
+        frames = [v for _, v in child.page_list.pages()]
+        if frames:
+            self.pmm.set_dirty_many(frames, DirtyState.DIRTY, PageQueue.PAGER_BACKED_DIRTY)
 
     def _merge_content_with_child_locked(self, removed: CowPages, removed_left: bool) -> None:
         """Fold this hidden node into its one remaining child (seed: ``MergeContentWithChild``).
@@ -1708,18 +1755,23 @@ class CowPages:
             if new != szo:
                 self._update_supply_zero_offset_locked(new)
 
-    def supply_pages_locked(self, start: int, slots: list[int]) -> list[int]:
+    def supply_pages_locked(self, start: int, slots: list[int], *,
+                            dirty: bool = False) -> list[int]:
         """Place supplied frames (or MARKERs for zero pages) where content is truly absent.
 
         Seed: ``SupplyPagesLocked``. Pages already present, and offsets from
         supply_zero_offset on, keep their content; the supplied frames for them are returned
-        for the caller to free. Supplied pages start Clean.
+        for the caller to free. Supplied pages start Clean; with ``dirty`` (a source handing
+        back pages whose only copy is then the arena, as the swap source does on swap-in)
+        they start Dirty, placed so in one step.
         """
         assert self.is_source_preserving()
         src = self.page_source
         assert src is not None
         rejected: list[int] = []
         pmm = self.pmm
+        state = DirtyState.DIRTY if dirty else DirtyState.CLEAN
+        queue = self._queue_for(state)
         end = start + len(slots)
         if end <= self.supply_zero_offset and not self.page_list.any_in_range(start, end):
             # Every slot is absent (the usual answer to a request): place them all at once.
@@ -1728,7 +1780,7 @@ class CowPages:
                 # slices; consecutive frames reach the page list as a slice of `ascending`.
                 run = pmm.ascending_run(slots[0], len(slots)) if consecutive(slots) else slots
                 self.page_list.fill_empty_run(start, run)
-                pmm.place_many(slots, self, start, PageQueue.PAGER_BACKED, DirtyState.CLEAN)
+                pmm.place_many(slots, self, start, queue, state)
             else:
                 self.page_list.fill_empty_run(start, slots)
                 # The frames between the markers, each stretch placed in one step.
@@ -1740,8 +1792,7 @@ class CowPages:
                     j = i + 1
                     while j < len(slots) and slots[j] > 0:
                         j += 1
-                    pmm.place_many(slots[i:j], self, start + i, PageQueue.PAGER_BACKED,
-                                   DirtyState.CLEAN)
+                    pmm.place_many(slots[i:j], self, start + i, queue, state)
                     i = j
             self.range_change_locked(start, end, RangeChangeOp.UNMAP)
             src.on_pages_supplied(self, start, len(slots))
@@ -1759,7 +1810,7 @@ class CowPages:
                 run_start, run_len = off + 1, 0
                 continue
             if v > 0:
-                pmm.dirty[v] = DirtyState.CLEAN
+                pmm.dirty[v] = state
                 self._place_locked(off, v)
             else:
                 self.page_list.set(off, MARKER)
@@ -1970,6 +2021,15 @@ class CowPages:
         if src is not None and getattr(src, "anonymous", False):
             return cast("AnonymousPageSource", src)
         return None
+
+    def acts_anonymous(self) -> bool:
+        """Whether this node's hierarchy behaves as anonymous memory: no page source, or an
+        anonymous one at the root. Such hierarchies take snapshots: the root then becomes
+        the hidden node and keeps its source, which supplies absent content into it; forks
+        copy or migrate it from there as from any hidden node, and a merge of that root
+        hands the source down (`_hand_source_down_locked`). See the README's swap notes."""
+        root = self.root()
+        return root.page_source is None or root.anonymous_source() is not None
 
     def detach_source_locked(self) -> None:
         """Seed: ``DetachSourceLocked``: drop every page so that later accesses fail."""

@@ -99,7 +99,11 @@ def _validate_hierarchy(k: Kernel, hier: Hierarchy,
                 raise _fail(node, None, f"hidden node has {len(node.children)} children")
             if node.paged_ref is not None:
                 raise _fail(node, None, "hidden node still stands for a VMO")
-            if node.page_source is not None:
+            # The one exception: the root of an anonymous source's hierarchy (swap), which
+            # keeps its source when a snapshot hides it, so that the content the source holds
+            # for it can still be supplied (`CowPages.acts_anonymous`).
+            if node.page_source is not None and (node.parent is not None
+                                                 or node.anonymous_source() is None):
                 raise _fail(node, None, "hidden node has a page source")
         elif node.paged_ref is None and not node.children:
             raise _fail(node, None, "closed node with no children was not freed")

@@ -320,7 +320,9 @@ class Vmo:
                             writable=self._writable and not opts & ChildOptions.NO_WRITE,
                             parent=self)
             else:
-                pager_backed = cow.is_pager_backed()
+                # A hierarchy of an anonymous page source (swap) behaves as anonymous memory:
+                # its at-least-on-write clones are snapshots too.
+                pager_backed = cow.is_pager_backed() and not cow.acts_anonymous()
                 snapshot = kinds == ChildOptions.SNAPSHOT or not pager_backed
                 if cow.is_slice and snapshot:
                     raise ZxError(Status.ERR_NOT_SUPPORTED, "cannot snapshot a slice")

@@ -412,6 +412,9 @@ class Workload:
                 code = self._wait_exit(5.0)
                 raise ZxError(Status.ERR_PEER_CLOSED,
                               f"the workload process died ({_describe_exit(code)})") from None
+            except OSError as e:  # close() on another thread closed the channel under us
+                self._running = False
+                raise ZxError(Status.ERR_BAD_HANDLE, f"the workload is closed ({e})") from None
             self._running = False
             if msg.get("op") == "error":
                 raise RemoteError(msg.get("message", "the workload raised"),

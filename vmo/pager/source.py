@@ -66,6 +66,15 @@ class AnonymousPageSource(PageSource, Protocol):
 
     def on_pages_removed(self, node: CowPages, start: int, end: int) -> None: ...
 
+    def on_root_merge(self, old_root: CowPages, new_root: CowPages, offset: int, start: int,
+                      end: int) -> None:
+        """The hidden root ``old_root`` (the source's root after a snapshot) is about to merge
+        into its one remaining child ``new_root``, which sees ``[start, end)`` of its own
+        offsets at ``offset + start`` of the old root: the source drops what the child cannot
+        see, makes the rest answerable at the child's offsets, and serves ``new_root`` from
+        now on. Called under the hierarchy lock; must not fail."""
+        ...
+
 
 @attrs.define(eq=False)
 class Request:

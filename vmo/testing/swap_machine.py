@@ -2,25 +2,26 @@
 
 `SwapStateMachine` drives a real `vmo.Kernel` with a `vmo.pager.swap.SwapSource` and a small
 oracle of its own side by side. Its VMOs are the source's roots (resizable or not) and
-at-least-on-write children of them; its rules are the swap steps -- ``move_to_staging`` (all
-VMOs or some), ``swap_out`` and ``swap_in`` (everything, or a bounded run), ``trim`` (all, or a
-bounded scan) -- and the operations that can race with them: writes, reads, COMMIT, DECOMMIT,
-ZERO, resizes, children, closes, pins, and loads and stores through mappings.
+snapshots of them -- SNAPSHOT or SNAPSHOT_AT_LEAST_ON_WRITE, which for a swap VMO is a snapshot
+too -- and snapshots of those, at any offset; closing one merges hidden nodes, the source's
+hidden root included. Its rules are the swap steps -- ``move_to_staging`` (all VMOs or some),
+``swap_out`` and ``swap_in`` (everything, or a bounded run), ``trim`` (all, or a bounded
+scan) -- and the operations that can race with them: writes, reads, COMMIT, DECOMMIT, ZERO,
+resizes, snapshots, closes, pins, and loads and stores through mappings.
 
 After every step it checks that:
 
-- every root shows exactly what the oracle says (no step changes content), checked where each
-  page is -- frame, staged copy, swap-file copy -- without bringing any back; the ``read`` rule
-  reads whole VMOs (children included) the ordinary way;
-- each root's pages are in exactly one place: resident (a frame in its page list), staged, or
-  in the swap file -- never two -- and the bytes staged or swapped are the page's content;
+- every live VMO shows exactly what the oracle says (no step changes content), checked where
+  each page is -- a frame of the VMO or of an ancestor, a zero marker, or, for what its
+  source root lacks, the staged copy, else the swap-file copy, else zeros -- without bringing
+  any back; the ``read`` rule reads whole VMOs the ordinary way;
+- each source root's pages are in exactly one place: resident (a frame in its page list),
+  staged, or in the swap file -- never two;
 - the metrics add up: ``resident + staging + swap file`` equals the pages found in those three
   places, and the state names where the pages are;
 - `vmo.debug.validate` (and the mappings' validator) holds.
 
-The oracle models at-least-on-write children of a pager-backed root as Zircon builds them: a
-child shows the pages it wrote itself and, elsewhere, its parent's current content inside the
-window it can still see (a parent's shrink narrows that window for good).
+The oracle is naive: a snapshot copies its window of the parent's content when it is made.
 """
 
 from __future__ import annotations
@@ -56,52 +57,46 @@ _ZERO = bytes(PAGE_SIZE)
 
 
 class OVmo:
-    """The oracle's VMO: a root (``parent`` None) or an at-least-on-write child of one."""
+    """The oracle's VMO: its whole content, page by page (a snapshot copies its window)."""
 
-    def __init__(self, real: Vmo, size: int, parent: OVmo | None = None, offset: int = 0) -> None:
+    def __init__(self, real: Vmo, size: int, created: bool = True) -> None:
         self.real = real
         self.size = size  # pages
-        self.parent = parent
-        self.offset = offset  # pages into the parent
-        self.limit = 0 if parent is None else max(0, min(size, parent.size - offset))
-        self.pages: dict[int, bytes] = {}  # root: content; child: the pages it forked
-        self.children: list[OVmo] = []
+        self.created = created  # made by the source (not a snapshot)
+        self.pages: dict[int, bytes] = {}
         self.closed = False
         self.mappings: list[Mapping] = []
 
     def page(self, p: int) -> bytes:
         if p >= self.size:
             return _ZERO
-        if p in self.pages or self.parent is None:
-            return self.pages.get(p, _ZERO)
-        if p < self.limit:
-            return self.parent.page(self.offset + p)
-        return _ZERO
+        return self.pages.get(p, _ZERO)
 
     def content(self) -> bytes:
         return b"".join(self.page(p) for p in range(self.size))
 
     def write(self, offset: int, data: bytes) -> None:
-        """Bytes ``data`` at byte ``offset`` (a child forks each page it touches)."""
+        """Bytes ``data`` at byte ``offset``."""
         pos = 0
         while pos < len(data):
             p, inner = divmod(offset + pos, PAGE_SIZE)
             n = min(PAGE_SIZE - inner, len(data) - pos)
             page = bytearray(self.page(p))
             page[inner:inner + n] = data[pos:pos + n]
-            self.pages[p] = bytes(page)
+            if page.count(0) == PAGE_SIZE:
+                self.pages.pop(p, None)
+            else:
+                self.pages[p] = bytes(page)
             pos += n
-        if self.parent is None:
-            self.pages = {p: b for p, b in self.pages.items() if b != _ZERO}
+
+    def snapshot(self, real: Vmo, offset: int, size: int) -> OVmo:
+        child = OVmo(real, size, created=False)
+        child.pages = {p - offset: b for p, b in self.pages.items() if offset <= p < offset + size}
+        return child
 
     def resize(self, size: int) -> None:
-        if size < self.size:
-            for p in [p for p in self.pages if p >= size]:
-                del self.pages[p]
-            for c in self.children:
-                c.limit = min(c.limit, max(0, size - c.offset))
-        if self.parent is not None:
-            self.limit = min(self.limit, size)
+        for p in [p for p in self.pages if p >= size]:
+            del self.pages[p]
         self.size = size
 
 
@@ -121,7 +116,6 @@ class SwapStateMachine(RuleBasedStateMachine):
         self.k = Kernel(memory=self.kernel_memory, page_request_timeout=20.0)
         self.swap = SwapSource(self.k)
         self.live: list[OVmo] = []
-        self.all_roots: list[OVmo] = []
         self.mappings_ok = self.use_mappings and _mappings_available()
 
     def teardown(self) -> None:
@@ -134,18 +128,7 @@ class SwapStateMachine(RuleBasedStateMachine):
 
     def _add(self, o: OVmo) -> OVmo:
         self.live.append(o)
-        if o.parent is None:
-            self.all_roots.append(o)
         return o
-
-    @staticmethod
-    def _source(o: OVmo) -> SwapVmoSource:
-        root = o
-        while root.parent is not None:
-            root = root.parent
-        src = root.real.cow.page_source if not root.real.closed else None
-        assert isinstance(src, SwapVmoSource)
-        return src
 
     # ------------------------------------------------------------------ VMOs
 
@@ -167,17 +150,26 @@ class SwapStateMachine(RuleBasedStateMachine):
         self.steps["as_vmo"] += 1
         return r
 
-    @rule(target=vmos, r=roots, offset=st.integers(0, MAX_PAGES),
-          npages=st.integers(0, MAX_PAGES))
-    def create_child(self, r: OVmo, offset: int, npages: int) -> Any:
+    @rule(target=vmos, v=vmos, offset=st.integers(0, MAX_PAGES),
+          npages=st.integers(0, MAX_PAGES), kind=st.sampled_from(["snapshot", "at_least"]),
+          resizable=st.booleans())
+    def create_child(self, v: OVmo, offset: int, npages: int, kind: str,
+                     resizable: bool) -> Any:
+        """A snapshot (of a root, or of a snapshot); at-least-on-write is one as well."""
         self.steps["create_child"] += 1
-        if r.closed:
+        if v.closed:
             return multiple()
-        child = r.real.create_child(ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE, offset * PAGE_SIZE,
-                                    npages * PAGE_SIZE)
-        o = OVmo(child, npages, r, offset)
-        r.children.append(o)
-        return self._add(o)
+        opts = (ChildOptions.SNAPSHOT if kind == "snapshot"
+                else ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE)
+        if resizable:
+            opts |= ChildOptions.RESIZABLE
+        try:
+            child = v.real.create_child(opts, offset * PAGE_SIZE, npages * PAGE_SIZE)
+        except ZxError as e:
+            assert e.status == Status.ERR_BAD_STATE  # pinned pages
+            assert v.real.cow.pinned_pages
+            return multiple()
+        return self._add(v.snapshot(child, offset, npages))
 
     @rule(v=consumes(vmos))
     def close(self, v: OVmo) -> None:
@@ -212,18 +204,23 @@ class SwapStateMachine(RuleBasedStateMachine):
         v.real.op_range(VmoOp.ZERO, offset, length)
         v.write(offset, bytes(length))
 
-    @rule(r=roots, where=st.floats(0, 1), npages=st.integers(0, 4))
+    @rule(r=vmos, where=st.floats(0, 1), npages=st.integers(0, 4))
     def decommit(self, r: OVmo, where: float, npages: int) -> None:
         self.steps["decommit"] += 1
         first = int(where * r.size)
         npages = min(npages, r.size - first)
         if r.closed:
             return
+        # As for an anonymous VMO: a clone, or a VMO with a snapshot (its node is then below
+        # the hidden node), cannot DECOMMIT.
+        clone = r.real.cow.parent is not None
         try:
             r.real.op_range(VmoOp.DECOMMIT, first * PAGE_SIZE, npages * PAGE_SIZE)
         except ZxError as e:
-            assert e.status == Status.ERR_BAD_STATE  # a pinned page in the range
+            assert e.status == (Status.ERR_NOT_SUPPORTED if clone and npages
+                                else Status.ERR_BAD_STATE), e  # else a pinned page
             return
+        assert not clone or not npages
         r.write(first * PAGE_SIZE, bytes(npages * PAGE_SIZE))
 
     @rule(v=vmos, first=st.integers(0, MAX_PAGES), npages=st.integers(0, 4))
@@ -233,7 +230,7 @@ class SwapStateMachine(RuleBasedStateMachine):
             return
         v.real.op_range(VmoOp.COMMIT, first * PAGE_SIZE, npages * PAGE_SIZE)
 
-    @rule(r=roots, npages=st.integers(0, MAX_PAGES))
+    @rule(r=vmos, npages=st.integers(0, MAX_PAGES))
     def resize(self, r: OVmo, npages: int) -> None:
         self.steps["resize"] += 1
         if r.closed:
@@ -248,7 +245,7 @@ class SwapStateMachine(RuleBasedStateMachine):
             if m.unmapped or m.length > npages * PAGE_SIZE:
                 r.mappings.remove(m)
 
-    @rule(target=pins, r=roots, first=st.integers(0, MAX_PAGES), npages=st.integers(1, 3))
+    @rule(target=pins, r=vmos, first=st.integers(0, MAX_PAGES), npages=st.integers(1, 3))
     def pin(self, r: OVmo, first: int, npages: int) -> Any:
         self.steps["pin"] += 1
         if r.closed or first + npages > r.size:
@@ -264,7 +261,7 @@ class SwapStateMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ mappings
 
     @precondition(lambda self: self.mappings_ok)
-    @rule(r=roots)
+    @rule(r=vmos)
     def map(self, r: OVmo) -> None:
         self.steps["map"] += 1
         if r.closed or not r.size or len(r.mappings) >= 2:
@@ -272,7 +269,7 @@ class SwapStateMachine(RuleBasedStateMachine):
         r.mappings.append(r.real.map(0, r.size * PAGE_SIZE))
 
     @precondition(lambda self: self.mappings_ok)
-    @rule(r=roots, offset=st.integers(0, MAX_PAGES * PAGE_SIZE), length=st.integers(1, PAGE_SIZE),
+    @rule(r=vmos, offset=st.integers(0, MAX_PAGES * PAGE_SIZE), length=st.integers(1, PAGE_SIZE),
           byte=st.integers(0, 255), which=st.integers(0, 1))
     def store_through_mapping(self, r: OVmo, offset: int, length: int, byte: int,
                               which: int) -> None:
@@ -293,11 +290,11 @@ class SwapStateMachine(RuleBasedStateMachine):
     @rule(which=st.sampled_from(["all", "some"]), data=st.data())
     def move_to_staging(self, which: str, data: st.DataObject) -> None:
         self.steps["move_to_staging"] += 1
-        roots = [r for r in self.live if r.parent is None]
-        if which == "all" or not roots:
+        if which == "all" or not self.live:
             self.swap.move_to_staging()
             return
-        chosen = data.draw(st.lists(st.sampled_from(roots), max_size=3))
+        # Any VMO names its hierarchy's source root: a snapshot as well as the original.
+        chosen = data.draw(st.lists(st.sampled_from(self.live), max_size=3))
         self.swap.move_to_staging([r.real for r in chosen])
 
     @rule(max_pages=st.one_of(st.none(), st.integers(0, 6)))
@@ -353,60 +350,37 @@ class SwapStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def contents_match(self) -> None:
-        """Every root's content, looked up where each page is without bringing any back (a
-        read would undo the step just taken): the frame, zeros for a marker, else the staged
+        """Every VMO's content, looked up where each page is without bringing any back (a
+        read would undo the step just taken): a frame of the VMO or of the ancestor that
+        shows it, zeros for a marker, else -- where the source root shows nothing -- the staged
         copy, else the swap-file copy, else zeros."""
-        pmm = self.k.pmm
         for r in self.live:
-            if r.parent is not None:
-                continue
-            src = r.real.cow.page_source
-            assert isinstance(src, SwapVmoSource)
-            region = src.region
-            node = region.node
-            assert node.size == r.size
-            with node.hier.lock:
+            with r.real.cow.hier.lock:
                 for p in range(r.size):
-                    slot = node.page_list.get(p)
-                    if slot > 0:
-                        if pmm.coherence is not None:
-                            pmm.coherence.before_read([slot])
-                        got = bytes(pmm.view(slot))
-                    elif slot == MARKER:
-                        got = _ZERO
-                    elif region.staging is not None and region.staging.present.is_present(p):
-                        got = region.staging.read(p, p + 1)
-                    elif region.file is not None and region.file.present.is_present(p):
-                        got = region.file.read(p, p + 1)
-                    else:
-                        got = _ZERO
-                    if got != r.page(p):
+                    if _page_in_place(r.real, p) != r.page(p):
                         raise AssertionError(f"VMO koid {r.real.koid} page {p} differs from "
                                              f"the oracle")
 
     @invariant()
     def pages_in_one_place(self) -> None:
         resident = staged = swapped = 0
-        for r in self.all_roots:
-            src = r.real.cow.page_source
-            assert isinstance(src, SwapVmoSource)
+        for src in self.swap._live_sources():
             region = src.region
-            if region.closed:
-                continue
             node = region.node
             with node.hier.lock:
+                if region.closed:
+                    continue
+                assert node.parent is None and node.page_source is src, "region off its root"
                 frames = {off for off, _ in node.page_list.pages(0, node.size)}
                 st_ = set() if region.staging is None else {
                     p for s, e in region.staging.present.runs() for p in range(s, e)}
                 sw = set() if region.file is None else {
                     p for s, e in region.file.present.runs() for p in range(s, e)}
                 assert not frames & st_ and not frames & sw and not st_ & sw, \
-                    f"a page of koid {r.real.koid} is in two places"
+                    f"a page of node #{node.id} is in two places"
                 for p in st_ | sw:
                     assert node.page_list.get(p) == 0, f"page {p} is out but has a slot"
-                    where = region.staging if p in st_ else region.file
-                    assert where is not None
-                    assert where.read(p, p + 1) == r.page(p), f"page {p} out with other bytes"
+                    assert p < node.size, f"page {p} is out past the end"
                 resident += len(frames)
                 staged += len(st_)
                 swapped += len(sw)
@@ -427,6 +401,36 @@ class SwapStateMachine(RuleBasedStateMachine):
             from vmo import mapping
 
             mapping.validate(self.k)
+
+
+def _page_in_place(v: Vmo, p: int) -> bytes:
+    """Page ``p`` of ``v`` as it is now, wherever it is (hierarchy lock held)."""
+    pmm = v._kernel.pmm
+    node = v.cow
+    if p >= node.size:
+        return _ZERO
+    slot = node.page_list.get(p)
+    owner, owner_off = node, p
+    if slot == 0:
+        owner, owner_off, slot = node.find_initial_content_locked(p)
+    if slot > 0:
+        if pmm.coherence is not None:
+            pmm.coherence.before_read([slot])
+        return bytes(pmm.view(slot))
+    if slot == MARKER:
+        return _ZERO
+    src = owner.page_source
+    if owner.parent is not None or src is None or owner_off >= owner.supply_zero_offset:
+        return _ZERO
+    assert isinstance(src, SwapVmoSource) and src.region.node is owner
+    region = src.region
+    if region.staging is not None and owner_off < region.staging.num_pages \
+            and region.staging.present.is_present(owner_off):
+        return region.staging.read(owner_off, owner_off + 1)
+    if region.file is not None and owner_off < region.file.num_pages \
+            and region.file.present.is_present(owner_off):
+        return region.file.read(owner_off, owner_off + 1)
+    return _ZERO
 
 
 def _mappings_available() -> bool:

@@ -23,7 +23,6 @@ import errno
 import os
 import tempfile
 
-from vmo.cow_pages import fill_frames_from_fd
 from vmo.pager.swap import frame_io
 from vmo.pager.swap.present_list import PresentList
 from vmo.pager.uffd import fallocate_punch_hole
@@ -75,8 +74,8 @@ class SwapFile:
         self.present.mark_as_present(start, end)
 
     def read_into_frames(self, pmm: PhysicalMemory, idx: int, frames: list[int]) -> None:
-        """Copy pages ``[idx, idx + len(frames))`` into ``frames``. Raises `vmo.ZxError`."""
-        fill_frames_from_fd(pmm, frames, self.fd, idx * PAGE_SIZE)
+        """Copy pages ``[idx, idx + len(frames))`` into ``frames``. Raises `OSError`."""
+        frame_io.fill_frames_from_file(pmm, frames, self.fd, idx * PAGE_SIZE)
 
     def read(self, start: int, end: int) -> bytes:
         """The bytes on disk for pages ``[start, end)`` (present or not; holes read zeros)."""

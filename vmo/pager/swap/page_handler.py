@@ -15,7 +15,10 @@ The moves, each made under the hierarchy lock of the VMO (methods ending in ``_l
   absent pages: supply each from staging, else from the swap file, else zeros (crosvm's
   ``handle_page_fault``: ``copied_from_staging``, ``copied_from_file``, ``zeroed``; pages found
   present already are ``redundant``). Pages brought back are Dirty: the arena holds their only
-  copy, so the kernel must never evict them as if a source could supply them again.
+  copy, so the kernel must never evict them as if a source could supply them again. They are
+  placed Dirty in one step (`CowPages.supply_pages_locked` with ``dirty=True``), into frames
+  allocated in ascending order (one run: one ``preadv`` iovec, column slices in the frame
+  table).
 - `move_to_staging_locked` -- copy the resident pages into staging and free their frames, in
   batches of 2 MiB (crosvm's THP-sized batches): for each batch, mapped copies are recalled and
   dropped (a range change), the frames are copied out, removed from the page list, punched out
@@ -50,7 +53,7 @@ from vmo.pager.swap.frame_io import frame_runs
 from vmo.pager.swap.region import Region
 from vmo.pager.swap.state import COUNTERS
 from vmo.pager.uffd import fallocate_punch_hole
-from vmo.pmm import PAGE_SIZE, DirtyState, PageQueue, PhysicalMemory
+from vmo.pmm import PAGE_SIZE, DirtyState, PhysicalMemory
 
 if TYPE_CHECKING:
     from vmo.cow_pages import CowPages
@@ -123,28 +126,22 @@ class PageHandler:
                        dirty: bool) -> int:
         """Place ``slots`` (frames, or MARKERs for zeros) at ``start`` where the node holds
         nothing; frames for slots that are taken meanwhile are freed. Returns the slots
-        placed. Placed frames are Dirty when ``dirty`` (the arena holds their only copy)."""
+        placed. Placed frames are Dirty when ``dirty`` (the arena holds their only copy),
+        placed so directly (`CowPages.supply_pages_locked`)."""
         node = region.node
-        pmm = node.pmm
-        rejected = node.supply_pages_locked(start, slots)
+        rejected = node.supply_pages_locked(start, slots, dirty=dirty)
         if rejected:
-            pmm.free(rejected)
+            node.pmm.free(rejected)
             self.count(redundant_pages=len(rejected))
-        placed = [f for f in slots if f > 0]
-        if rejected:
-            gone = set(rejected)
-            placed = [f for f in placed if f not in gone]
-        if dirty and placed:
-            # Run by run: the frame table moves a run of consecutive frames as column slices.
-            i = 0
-            for _, n in frame_runs(placed):
-                pmm.set_dirty_many(placed[i:i + n], DirtyState.DIRTY,
-                                   PageQueue.PAGER_BACKED_DIRTY)
-                i += n
         return len(slots) - len(rejected)
 
     def _alloc_locked(self, node: CowPages, count: int) -> list[int]:
-        return node.pmm.alloc(count, zero=False)
+        # Sorted: the frames a move freed come back from the allocator as runs of one move
+        # batch each, last batch first; in order they are mostly one run, which the reads
+        # fill with one iovec and the page list and frame table take as slices.
+        frames = node.pmm.alloc(count, zero=False)
+        frames.sort()
+        return frames
 
     def _from_staging_locked(self, region: Region, start: int, end: int) -> int:
         staging = region.staging
@@ -403,17 +400,21 @@ class PageHandler:
 
 def _resident_runs(node: CowPages) -> list[tuple[int, list[int]]]:
     """``(first_offset, frames)`` for each run of consecutive offsets of the node that hold
-    unpinned frames (zero markers and pinned pages split runs and stay)."""
+    unpinned frames (zero markers and pinned pages split runs and stay). Of a hidden root (a
+    snapshot's; see `vmo.cow_pages.CowPages.acts_anonymous`), pages that carry a split bit
+    stay too: the bit says which side forked the page, and a staged copy could not keep it.
+    They are the pages one side already replaced, seen by the other side only."""
     pin = node.pmm.pin_count if node.pinned_pages else None
+    split = node.pmm.split if node.hidden else None
     runs: list[tuple[int, list[int]]] = []
     for seg_start, slots in node.page_list.segments(0, node.size):
-        if pin is None and min(slots) > 0:
+        if pin is None and split is None and min(slots) > 0:
             runs.append((seg_start, slots.tolist()))  # the usual case: one C-level copy
             continue
         cur: list[int] = []
         cur_start = 0
         for i, f in enumerate(slots):
-            if f > 0 and (pin is None or not pin[f]):
+            if f > 0 and (pin is None or not pin[f]) and (split is None or not split[f]):
                 if not cur:
                     cur_start = seg_start + i
                 cur.append(f)

@@ -20,6 +20,15 @@ machinery does the work crosvm gets from userfaultfd on guest memory:
   (crosvm's ``handle_page_remove``; DECOMMIT and ZERO reach the source through the core's
   anonymous-source hook, `vmo.cow_pages.CowPages.anonymous_source`).
 
+Snapshots. The source is *anonymous*, so its VMOs take snapshots as anonymous VMOs do
+(`vmo.cow_pages.CowPages.acts_anonymous`; at-least-on-write clones are snapshots too): the
+root becomes the hidden node and keeps this source, whose region stays that node's pages.
+Absent content is supplied into the hidden root and forked from there; `move_to_staging` moves
+the pages both sides share and leaves those with a split bit (see
+`page_handler._resident_runs`). When one side closes and the hidden root merges into the
+other, the region follows (`SwapVmoSource.on_root_merge`). Any VMO of the hierarchy names the
+region in ``vmos=``.
+
 Stacking: ``SwapSource(k, over=file_pager)`` (a `vmo.pager.FilePager`, or any VMO -- for
 instance one of a user `vmo.Pager`). Its VMOs then show the content of the VMO below at the
 same offsets (as an at-least-on-write clone would): absent pages that are neither staged nor
@@ -175,12 +184,14 @@ class SwapSource:
             return list(self._sources)
 
     def vmos(self) -> list[Vmo]:
-        """The open VMOs of this source, oldest first."""
+        """The open VMOs this source created, oldest first (their snapshots are not listed,
+        though their pages are the source's too)."""
         return [s.vmo for s in self._live_sources() if s.vmo is not None and not s.vmo.closed]
 
     def _targets(self, vmos: Any) -> list[SwapVmoSource]:
         if vmos is None:
-            return [s for s in self._live_sources() if s.vmo is not None and not s.vmo.closed]
+            # Every live region: a VMO whose handle closed may leave its pages to children.
+            return self._live_sources()
         if isinstance(vmos, Vmo):
             vmos = [vmos]
         if isinstance(vmos, str | bytes) or not isinstance(vmos, Iterable):
@@ -192,13 +203,14 @@ class SwapSource:
             if not isinstance(v, Vmo):
                 raise ZxError(Status.ERR_WRONG_TYPE, f"vmos holds a {type(v).__name__}, not a Vmo")
             v._check_open()
-            src = v.cow.root_page_source() if not v.cow.is_slice else \
-                v.cow.slice_parent()[0].root_page_source()
             if v._kernel is not self.kernel:
                 raise ZxError(Status.ERR_INVALID_ARGS,
                               f"VMO koid {v.koid} belongs to another kernel")
-            if not isinstance(src, SwapVmoSource) or src not in self._sources or \
-                    src.vmo is not v:
+            # Any VMO of a hierarchy whose root this source backs names that root's region:
+            # the source's own VMOs, their snapshots, slices and children.
+            with v._hier.lock:
+                src = v.cow.root_page_source()
+            if not isinstance(src, SwapVmoSource) or src not in self._sources:
                 raise ZxError(Status.ERR_INVALID_ARGS,
                               f"VMO koid {v.koid} is not a VMO of this swap source")
             if src not in out:

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 
-from vmo.cow_pages import fill_frames_from_fd
-from vmo.pager.swap.frame_io import write_frames_to_fd
+from vmo.pager.swap.frame_io import fill_frames_from_file, write_frames_to_fd
 from vmo.pager.swap.present_list import PresentList
 from vmo.pager.uffd import fallocate_punch_hole
 from vmo.pmm import PAGE_SIZE, PhysicalMemory
@@ -54,8 +53,8 @@ class StagingMemory:
 
     def read_into_frames(self, pmm: PhysicalMemory, idx: int, frames: list[int]) -> None:
         """Copy staged pages ``[idx, idx + len(frames))`` into ``frames`` (not owned by anyone
-        yet). Raises `vmo.ZxError` (``ERR_IO``) if the memfd cannot be read."""
-        fill_frames_from_fd(pmm, frames, self.fd, idx * PAGE_SIZE)
+        yet). Raises `OSError` if the memfd cannot be read."""
+        fill_frames_from_file(pmm, frames, self.fd, idx * PAGE_SIZE)
 
     def page_content(self, idx: int) -> bytes | None:
         """The bytes of staged page ``idx``, or None if it is not staged."""

@@ -18,6 +18,7 @@ user pager's VMO would fail their requests): the swap source keeps serving them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from vmo.vm_object import Vmo
 
 MAX_LATENCIES = 1 << 20
+#: Pages one step of a merge's swap-in brings back (`SwapVmoSource.on_root_merge`).
+MERGE_STEP_PAGES = 1024
 
 
 class SwapVmoSource(RequestTracker):
@@ -98,6 +101,38 @@ class SwapVmoSource(RequestTracker):
     def on_resize(self, node: CowPages, start: int, end: int) -> None:
         super().on_resize(node, start, end)
         self.handler.remove_locked(self.region, start, end)
+
+    def on_root_merge(self, old_root: CowPages, new_root: CowPages, offset: int, start: int,
+                      end: int) -> None:
+        """A snapshot's hidden root merges into its remaining child (see
+        `vmo.cow_pages.CowPages.acts_anonymous`): follow the content into the child.
+
+        What the child cannot see is dropped. A child at offset 0 (the usual case: the
+        snapshot closed and the original VMO remains) keeps the region as it is, its offsets
+        are the child's. A child at another offset takes its staged and swapped pages back
+        into the arena first (they then move into the child with the merge) rather than
+        re-index the staging memfd and the swap file; if they cannot come back (no memory, a
+        read error), later accesses to them fail with ``ERR_BAD_STATE``, as after a failed
+        `SwapSource.close`."""
+        region = self.region
+        assert region.node is old_root
+        # Waiters on the old root retry and ask the new one.
+        self.cancel_all(old_root, Status.OK)
+        if region.closed:
+            region.node = new_root
+            return
+        handler = self.handler
+        try:
+            handler.remove_locked(region, 0, offset + start)
+            handler.remove_locked(region, offset + end, max(old_root.size, offset + end))
+            if offset:
+                while handler.swap_in_locked(region, MERGE_STEP_PAGES):
+                    pass
+        except (ZxError, OSError):
+            self.detached = True
+        region.node = new_root
+        with contextlib.suppress(OSError):
+            region.sync_size_locked()
 
     def on_handle_closed(self, node: CowPages) -> None:
         # Children still see the node: keep serving them (see the module docstring).
