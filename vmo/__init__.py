@@ -9,7 +9,7 @@ from importlib import metadata as _metadata
 from vmo import debug
 from vmo.errors import InvariantError, Status, ZxError
 from vmo.kernel import Kernel
-from vmo.mapping import FaultStats, Mapping
+from vmo.mmu.mapping import FaultStats, Mapping
 from vmo.pager import (
     WRITEBACK_BEGIN_ZERO_RANGE,
     DirtyRange,

@@ -835,7 +835,7 @@ def step_mapping(demo: Demo) -> None:
         The snapshot kept "PAGE 0" while the mapping's store forked the page for `v`.
         Unmapping keeps every store in the VMO; any access after it fails with
         `ERR_BAD_STATE`, never a crash or a hang. (Workloads in other processes can map VMOs
-        too and touch them with plain loads and stores: see `vmo.pager.remote`.)
+        too and touch them with plain loads and stores: see `vmo.mmu.workload`.)
         """)
 
 
@@ -891,7 +891,7 @@ def step_cleanup(demo: Demo) -> None:
 
 
 def _mapping_unavailable() -> str | None:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     return unavailable_reason()
 

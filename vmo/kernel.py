@@ -262,7 +262,7 @@ class Kernel:
                 fp.close()
         # Then mappings: unmap them all (waking any thread waiting on a fault with an error)
         # and stop the fault handler, which reads the arena.
-        from vmo import mapping
+        from vmo.mmu import mapping
 
         mapping.shutdown(self)
         with self._objects_lock:

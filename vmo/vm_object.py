@@ -21,7 +21,7 @@ from vmo.types import ChildOptions, LockState, Perms, VmoInfo, VmoInfoFlags, Vmo
 
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
-    from vmo.mapping import Mapping
+    from vmo.mmu.mapping import Mapping
 
 T = TypeVar("T")
 MAX_NAME_LEN = 31
@@ -398,12 +398,12 @@ class Vmo:
         (``zx_vmar_map``); see `vmo.Mapping`.
 
         ``fault_around``: pages a fault may install at once (the aligned block containing the
-        faulting page; default `vmo.mapping.DEFAULT_FAULT_AROUND`, 1 for one page per fault).
+        faulting page; default `vmo.mmu.mapping.DEFAULT_FAULT_AROUND`, 1 for one page per fault).
         Errors: ``ERR_INVALID_ARGS`` (unaligned or empty range, WRITE without READ),
         ``ERR_OUT_OF_RANGE``, ``ERR_ACCESS_DENIED`` (WRITE on a VMO without write rights),
         ``ERR_NOT_SUPPORTED`` (no userfaultfd on this machine).
         """
-        from vmo import mapping
+        from vmo.mmu import mapping
 
         offset, length, perms, around = mapping.check_map_args(self, offset, length, perms,
                                                                fault_around)

@@ -1,7 +1,7 @@
 """``vmo swap``: the swap experiment from the command line.
 
 Create a VMO of ``--size`` MiB backed by a `SwapSource`, fill it, map it into a workload in
-another process (`vmo.pager.remote.Workload`) and let it touch every page once (so the pages
+another process (`vmo.mmu.workload.Workload`) and let it touch every page once (so the pages
 are resident), then enable swap: move the VMO to staging, trim, and swap it out. Then bring it
 back, either by letting the workload fault it in (``--workload sequential``, ``random``, or a
 ``module:function`` of your own) or eagerly (``--swap-in``, before the workload runs again).
@@ -126,8 +126,8 @@ def run_experiment(size: int, *, workload: str = "sequential", swap_in: bool = F
                    ) -> dict[str, Any]:
     """Run the experiment (see the module docstring); returns its report as a dict."""
     from vmo import Kernel, ZxError
-    from vmo.pager.fault_handler import unavailable_reason
-    from vmo.pager.remote import RemoteError, Workload
+    from vmo.mmu.fault_handler import unavailable_reason
+    from vmo.mmu.workload import RemoteError, Workload
     from vmo.pager.swap import SwapSource
 
     target = _TARGETS.get(workload, workload)

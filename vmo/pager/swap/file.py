@@ -24,9 +24,9 @@ import os
 import tempfile
 
 from vmo.cow_pages import fill_frames_from_fd
+from vmo.mmu.uffd import fallocate_punch_hole
 from vmo.pager.swap import frame_io
 from vmo.pager.swap.present_list import PresentList
-from vmo.pager.uffd import fallocate_punch_hole
 from vmo.pmm import PAGE_SIZE, PhysicalMemory
 
 

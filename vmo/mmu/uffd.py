@@ -1,4 +1,4 @@
-"""The userfaultfd and memory binding: a small Pythonic layer over ``vmo.pager._uffd_cffi``.
+"""The userfaultfd and memory binding: a small Pythonic layer over ``vmo.mmu._uffd_cffi``.
 
 The raw module is compiled by cffi in API mode from the system headers (see
 ``_uffd_build.py``); this module turns its calls into typed functions that raise
@@ -45,10 +45,10 @@ from typing import Any, Final, NoReturn, TypeAlias
 import attrs
 
 try:
-    from vmo.pager._uffd_cffi import ffi, lib
+    from vmo.mmu._uffd_cffi import ffi, lib
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "vmo.pager._uffd_cffi, the compiled userfaultfd binding, is missing or broken: "
+        "vmo.mmu._uffd_cffi, the compiled userfaultfd binding, is missing or broken: "
         "build it with `pip install -e .` (or `python setup.py build_ext --inplace`) "
         f"from the repository root ({exc})"
     ) from exc

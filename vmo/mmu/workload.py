@@ -1,11 +1,11 @@
 """Workloads in other processes: mapped VMOs touched with plain loads and stores.
 
 In this process a thread that touches a mapped page while holding the GIL would deadlock the
-fault handler, which needs the GIL (see `vmo.mapping`). A *workload process* has no such limit:
+fault handler, which needs the GIL (see `vmo.mmu.mapping`). A *workload process* has no such limit:
 it receives mappings of VMOs and touches them with ``memoryview``, numpy or ctypes, while the
 fault handler here serves every fault. The protocol, and who owns what:
 
-1. `Workload` spawns a fresh interpreter (``python -m vmo.pager.remote``, through
+1. `Workload` spawns a fresh interpreter (``python -m vmo.mmu.workload``, through
    ``subprocess``: never a fork of this threaded process) connected by a unix socket.
 2. `Workload.map` creates the mapping's window memfd here and sends it (``SCM_RIGHTS``). The
    workload maps it ``MAP_SHARED``, creates *its own* userfaultfd (a userfaultfd serves the
@@ -24,7 +24,7 @@ workload touches goes through the same fault handler, windows and reverse map.
 Failures. A fault that cannot be resolved (a pager error, a discarded VMO, an offset past the
 end of a shrunk VMO, an unmapped mapping) poisons the page: the workload's access gets SIGBUS,
 which kills a process that touches memory with plain loads (as a real page fault that fails
-would), or raises `vmo.pager.uffd.MemoryFault` from the ``*_checked`` accessors of `RemoteView`.
+would), or raises `vmo.mmu.uffd.MemoryFault` from the ``*_checked`` accessors of `RemoteView`.
 In the workload a poisoned page stays poisoned (this process cannot clear it there).
 
 Lifetime. A workload never outlives this process: it asks for a parent-death signal (it is
@@ -34,7 +34,7 @@ still open (``atexit``), and a `Workload` dropped without `Workload.close` is ki
 finalizer. `Mapping.unmap` of a workload's mapping (or its VMO's close, or the kernel's) tells
 the workload, which unmaps the window there and drops the name (see `RemoteView.close`).
 Windows are ``MADV_DONTFORK`` in the workload: a child it forks gets SIGSEGV on access.
-``madvise``/``munmap`` of a mapping in the workload: see `vmo.mapping` and docs/coherence.md.
+``madvise``/``munmap`` of a mapping in the workload: see `vmo.mmu.mapping` and docs/coherence.md.
 
 A workload that dies -- SIGKILL in the middle of a fault included -- leaves the kernel intact:
 this process watches its pidfd, and when it exits, unmaps its mappings as `Mapping.unmap` does
@@ -69,7 +69,7 @@ from vmo.types import Perms
 
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
-    from vmo.mapping import Mapping
+    from vmo.mmu.mapping import Mapping
     from vmo.vm_object import Vmo
 
 _HEADER = struct.Struct("<I")
@@ -185,7 +185,7 @@ class Workload:
 
     ::
 
-        with vmo.pager.remote.Workload(k) as w:
+        with vmo.mmu.workload.Workload(k) as w:
             w.map(v, name="data")
             total = w.run("mypackage.jobs:checksum", "data")
 
@@ -195,9 +195,9 @@ class Workload:
 
     def __init__(self, kernel: Kernel, *, timeout: float = 30.0,
                  env: dict[str, str] | None = None) -> None:
-        from vmo import mapping
         from vmo.kernel import Kernel
-        from vmo.pager.fault_handler import unavailable_reason
+        from vmo.mmu import mapping
+        from vmo.mmu.fault_handler import unavailable_reason
 
         if not isinstance(kernel, Kernel):
             raise ZxError(Status.ERR_WRONG_TYPE,
@@ -236,7 +236,7 @@ class Workload:
             child_env.update(env)
         try:
             self.process = _spawn(
-                [sys.executable, "-m", "vmo.pager.remote", str(theirs.fileno()),
+                [sys.executable, "-m", "vmo.mmu.workload", str(theirs.fileno()),
                  str(os.getpid())], pass_fds=(theirs.fileno(),), env=child_env)
         except BaseException as e:
             ours.close()
@@ -295,7 +295,7 @@ class Workload:
         use, ``ERR_PEER_CLOSED`` if the process is gone, ``ERR_BAD_STATE`` while a target runs.
         Returns the `Mapping` (``remote`` set): its ``address`` is in the workload, its
         `Mapping.fault_stats` count the workload's faults, `Mapping.unmap` takes it away."""
-        from vmo import mapping
+        from vmo.mmu import mapping
         from vmo.vm_object import Vmo
 
         if not isinstance(vmo, Vmo):
@@ -628,7 +628,7 @@ class RemoteView:
     """One mapping, as the workload sees it: ``buffer`` is the mapped memory (an ``mmap``;
     ``memoryview(view.buffer)``, ``numpy.frombuffer(view.buffer, ...)``, ``ctypes`` through
     ``address``), touched with plain loads and stores. ``read_checked``/``write_checked`` turn
-    a failed fault (SIGBUS) into `vmo.pager.uffd.MemoryFault` instead of a crash."""
+    a failed fault (SIGBUS) into `vmo.mmu.uffd.MemoryFault` instead of a crash."""
 
     def __init__(self, name: str, buffer: mmap.mmap, address: int, perms: Perms) -> None:
         self.name = name
@@ -645,7 +645,7 @@ class RemoteView:
         return memoryview(self.buffer)
 
     def read_checked(self, length: int, offset: int = 0) -> bytes:
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         if self._closed:
             raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
@@ -653,7 +653,7 @@ class RemoteView:
         return uffd.copy_from_address_checked(self.address + offset, length)
 
     def write_checked(self, data: bytes, offset: int = 0) -> None:
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         if self._closed:
             raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
@@ -670,7 +670,7 @@ class RemoteView:
         object open: its range is then replaced by an inaccessible reservation (released
         with the object), so a later access is a clean SIGSEGV, never a touch of whatever
         would be mapped there next."""
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         if self._closed:
             return
@@ -691,7 +691,7 @@ def _map_window(fd: int, length: int, prot: int) -> tuple[mmap.mmap, int]:
     descriptor leaked per map/unmap cycle. So the object is made anonymous (no descriptor)
     and the memfd is mapped over it with ``MAP_FIXED``: the object's own ``munmap`` on close
     releases the window mapping, and no descriptor is held."""
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
 
     buf = mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot)
     try:
@@ -719,8 +719,8 @@ class WorkloadContext:
 
 def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
                 fds: list[int]) -> None:
-    from vmo.pager import uffd
-    from vmo.pager.fault_handler import WORKLOAD_FEATURES
+    from vmo.mmu import uffd
+    from vmo.mmu.fault_handler import WORKLOAD_FEATURES
 
     perms = Perms(msg["perms"])
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if perms & Perms.WRITE else 0)
@@ -772,7 +772,7 @@ def _die_with_host(host_pid: int, sock: socket.socket) -> None:
     """The workload never outlives its host: the parent-death signal kills it when the host
     dies (SIGKILL included), and a thread watching the socket ends it when the host's end
     closes while a target runs (the main thread only reads the socket between targets)."""
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
 
     uffd.lib.vmo_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != host_pid:

@@ -10,7 +10,7 @@ through which the server reads and writes window pages without taking faults.
 Per window page the server keeps one state byte (`ABSENT`, `READ_ONLY`, `WRITABLE`,
 `POISONED`) and the frame number it is a copy of, in two flat arrays (``state``, ``frames``)
 indexed by page, like ``vm_page_t``: no Python object per page. What the states *mean* for the
-VMO (which copy is authoritative) is `vmo.mapping`'s business; this module only provides the
+VMO (which copy is authoritative) is `vmo.mmu.mapping`'s business; this module only provides the
 memory operations, each on a run of pages:
 
 - `Window.fill`: ``UFFDIO_COPY`` from any address into absent pages (write-protected or not);
@@ -31,12 +31,12 @@ user *watches*, such as a workload's pidfd), reads fault messages in batches and
 the window's `FaultSink`. Work that must wait (a page request to a pager) goes to a short-lived
 worker thread through `FaultHandler.defer`, so the handler keeps serving other faults.
 
-The hot path calls the compiled binding (``vmo.pager._uffd_cffi``) directly, through helpers
+The hot path calls the compiled binding (``vmo.mmu._uffd_cffi``) directly, through helpers
 that take plain integers (``vmo_uffd_copy``, ``vmo_uffd_writeprotect``: no argument struct to
 fill attribute by attribute from Python) and a reader that decodes a batch of messages into a
 flat array of words (``vmo_uffd_read_faults``, read through a memoryview): a fault costs one
 ``read(2)``, one ``ioctl`` and no Python allocation beyond small integers. Callers still
-serialise the memory operations of one window (`vmo.mapping` holds its manager lock): the
+serialise the memory operations of one window (`vmo.mmu.mapping` holds its manager lock): the
 window's state arrays are not otherwise protected.
 """
 
@@ -55,8 +55,8 @@ from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from vmo.pager import uffd
-from vmo.pager._uffd_cffi import ffi, lib
+from vmo.mmu import uffd
+from vmo.mmu._uffd_cffi import ffi, lib
 
 PAGE_SIZE = uffd.PAGE_SIZE
 

@@ -3,7 +3,7 @@
 `Vmo.map` returns a `Mapping`: a range of real addresses whose loads and stores take page
 faults that this kernel serves. The data structure, before any code:
 
-*Windows.* Each mapping owns a window (`vmo.pager.fault_handler.Window`): a ``MAP_SHARED``
+*Windows.* Each mapping owns a window (`vmo.mmu.fault_handler.Window`): a ``MAP_SHARED``
 memfd ``W`` the size of the mapping, mapped once where the faulting code runs (the mapping's
 ``address``, registered with a userfaultfd for missing and write-protect faults) and once more,
 unregistered, here (the *alias*). A window page is in one of four states:
@@ -71,7 +71,7 @@ from vmo.types import Perms
 
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
-    from vmo.pager.fault_handler import FaultHandler, Window
+    from vmo.mmu.fault_handler import FaultHandler, Window
     from vmo.vm_object import Vmo
 
 #: Seconds a workload's ``madvise`` range is watched for the hole punch of ``MADV_REMOVE``
@@ -83,7 +83,7 @@ REMOVE_SETTLE = 0.2
 DEFAULT_FAULT_AROUND = 16
 MAX_FAULT_AROUND = 256
 
-# Window page states (see the module docstring); the same values as vmo.pager.fault_handler.
+# Window page states (see the module docstring); the same values as vmo.mmu.fault_handler.
 ABSENT, READ_ONLY, WRITABLE, POISONED = 0, 1, 2, 3
 
 _PAGE_MASK = (1 << 32) - 1
@@ -137,7 +137,7 @@ class Mapping:
 
     ``address``/``length``/``perms``: where it is. `read`/`write` copy to and from the mapped
     addresses with the GIL released (the kernel's fault handler is a thread of this process).
-    A mapping made for a workload process (`vmo.pager.remote`) has ``remote`` set: its
+    A mapping made for a workload process (`vmo.mmu.workload`) has ``remote`` set: its
     ``address`` is in that process, and the accessors here raise ``ERR_NOT_SUPPORTED``.
     """
 
@@ -237,7 +237,7 @@ class Mapping:
         self._check_access("read", offset, length, Perms.READ)
         if length == 0:
             return b""
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         self._enter()
         try:
@@ -261,7 +261,7 @@ class Mapping:
         self._check_access("write", offset, len(view), Perms.WRITE)
         if len(view) == 0:
             return
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         self._enter()
         try:
@@ -392,7 +392,7 @@ def _check_perms(perms: Perms, vmo: Vmo) -> None:
 
 
 def _prot(perms: Perms) -> int:
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
 
     prot = uffd.PROT_NONE
     if perms & Perms.READ:
@@ -408,8 +408,8 @@ class MappingManager:
     docstring)."""
 
     def __init__(self, kernel: Kernel) -> None:
-        from vmo.pager import uffd
-        from vmo.pager.fault_handler import FaultHandler
+        from vmo.mmu import uffd
+        from vmo.mmu.fault_handler import FaultHandler
 
         self._kernel_ref = weakref.ref(kernel)
         self.page_request_timeout = kernel.page_request_timeout
@@ -438,7 +438,7 @@ class MappingManager:
 
     def map_local(self, vmo: Vmo, offset: int, length: int, perms: Perms,
                   fault_around: int) -> Mapping:
-        from vmo.pager.fault_handler import Window, watch_for_deadlock
+        from vmo.mmu.fault_handler import Window, watch_for_deadlock
 
         try:
             win = Window(length, f"vmo-{vmo.koid}-window")
@@ -467,9 +467,9 @@ class MappingManager:
 
     def new_remote(self, vmo: Vmo, offset: int, length: int, perms: Perms,
                    fault_around: int) -> Mapping:
-        """A mapping whose faulting side another process will create (`vmo.pager.remote`):
+        """A mapping whose faulting side another process will create (`vmo.mmu.workload`):
         attach its address and userfaultfd with ``m._win.attach``, then `activate` it."""
-        from vmo.pager.fault_handler import Window
+        from vmo.mmu.fault_handler import Window
 
         try:
             win = Window(length, f"vmo-{vmo.koid}-window")
@@ -497,7 +497,7 @@ class MappingManager:
         """Free the window of a mapping that never became active."""
         import os
 
-        from vmo.pager._uffd_cffi import lib
+        from vmo.mmu._uffd_cffi import lib
 
         win = m._win
         if win.uffd_fd >= 0:
@@ -625,7 +625,7 @@ class MappingManager:
 
     def _punched(self, m: Mapping, pages: list[int]) -> bool:
         """Does one of ``pages`` become a hole of the window memfd within `REMOVE_SETTLE`?"""
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         if not pages:
             return False
@@ -653,7 +653,7 @@ class MappingManager:
         """A missing fault at a page the window believes present: was the page taken out of
         the window memfd behind the handler's back (``MADV_REMOVE`` racing with a refill)?
         Then drop it (its bytes are gone, as the removal meant) so the fault can be served."""
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         win = m._win
         try:
@@ -1257,7 +1257,7 @@ class MappingManager:
     # ---------------------------------------------------------------- protect / teardown
 
     def _protect(self, m: Mapping, perms: Perms) -> None:
-        from vmo.pager import uffd
+        from vmo.mmu import uffd
 
         with m.vmo._hier.lock, self.lock:
             if m._dead:
@@ -1504,7 +1504,7 @@ def check_map_args(vmo: Vmo, offset: Any, length: Any, perms: Any,
 def map_vmo(vmo: Vmo, offset: int, length: int, perms: Perms,
             fault_around: int | None) -> Mapping:
     """`Vmo.map` after its argument checks."""
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
