@@ -1,0 +1,13 @@
+"""Old import path of `vmo.mmu.uffd`, kept so that user code keeps working.
+
+The memory-management unit has its own package (`vmo.mmu`, see README's layout). Importing
+`vmo.pager.uffd` gives the very module object `vmo.mmu.uffd`, so its names, its module-level
+settings and monkeypatching behave exactly as through the new path.
+"""
+
+import sys
+
+from vmo.mmu import uffd as _module
+from vmo.mmu.uffd import *  # noqa: F403  (the names, for static type checkers)
+
+sys.modules[__name__] = _module
