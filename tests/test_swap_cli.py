@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from vmo import cli
-from vmo.pager.swap import cli as swap_cli
+from vmo.cli import swap as swap_cli
 
 
 def needs_uffd() -> None:

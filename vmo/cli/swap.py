@@ -63,8 +63,8 @@ def touch_random(ctx: Any, name: str, seed: int = 1) -> list[int]:
     return out
 
 
-_TARGETS = {"sequential": "vmo.pager.swap.cli:touch_sequential",
-            "random": "vmo.pager.swap.cli:touch_random"}
+_TARGETS = {"sequential": "vmo.cli.swap:touch_sequential",
+            "random": "vmo.cli.swap:touch_random"}
 
 
 # ---------------------------------------------------------------------------- statistics
