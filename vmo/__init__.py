@@ -6,7 +6,7 @@ is documented in docs/api.md; `vmo.debug` validates, dumps and draws hierarchies
 
 from importlib import metadata as _metadata
 
-from vmo import debug
+import vmo.debug as debug
 from vmo.errors import InvariantError, Status, ZxError
 from vmo.kernel import Kernel
 from vmo.mmu.mapping import FaultStats, Mapping

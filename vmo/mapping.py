@@ -7,7 +7,7 @@ settings and monkeypatching behave exactly as through the new path.
 
 import sys
 
-from vmo.mmu import mapping as _module
+import vmo.mmu.mapping as _module
 from vmo.mmu.mapping import *  # noqa: F403  (the names, for static type checkers)
 
 sys.modules[__name__] = _module

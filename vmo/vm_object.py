@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from vmo import _args, trace
+import vmo._args as _args
+import vmo.trace as trace
 from vmo.cow_pages import COMMIT_CHUNK, CowPages, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE
@@ -29,6 +30,36 @@ MAX_NAME_LEN = 31
 MAX_READ = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 _CHILD_KINDS = (ChildOptions.SNAPSHOT | ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE
                 | ChildOptions.SLICE)
+
+
+class MemoryManagementUnit(Protocol):
+    """What the objects need of the layer that maps VMOs into memory (`vmo.mmu`), which sits
+    above them: `Vmo.map` and `Kernel.close` call up only through this protocol, and
+    `vmo.mmu.mapping` installs the implementation (`install_mmu`) when it is imported, as the
+    package `vmo` does. The objects layer thus never imports the MMU."""
+
+    def map(self, vmo: Vmo, offset: Any, length: Any, perms: Any,
+            fault_around: Any) -> Mapping:
+        """Check the arguments of `Vmo.map` and map the range (``zx_vmar_map``)."""
+        ...
+
+    def shutdown(self, kernel: Kernel) -> None:
+        """Unmap every mapping of ``kernel`` and stop its fault handler (`Kernel.close`)."""
+        ...
+
+
+_mmu: MemoryManagementUnit | None = None
+
+
+def install_mmu(mmu: MemoryManagementUnit) -> None:
+    """Make ``mmu`` the memory-management unit `Vmo.map` and `Kernel.close` call."""
+    global _mmu
+    _mmu = mmu
+
+
+def installed_mmu() -> MemoryManagementUnit | None:
+    """The memory-management unit, or None when `vmo.mmu.mapping` has not been imported."""
+    return _mmu
 
 
 _LOCK_OPS = frozenset({VmoOp.LOCK, VmoOp.TRY_LOCK, VmoOp.UNLOCK})
@@ -403,11 +434,11 @@ class Vmo:
         ``ERR_OUT_OF_RANGE``, ``ERR_ACCESS_DENIED`` (WRITE on a VMO without write rights),
         ``ERR_NOT_SUPPORTED`` (no userfaultfd on this machine).
         """
-        from vmo.mmu import mapping
-
-        offset, length, perms, around = mapping.check_map_args(self, offset, length, perms,
-                                                               fault_around)
-        return mapping.map_vmo(self, offset, length, perms, around)
+        mmu = installed_mmu()
+        if mmu is None:
+            raise ZxError(Status.ERR_NOT_SUPPORTED,
+                          "no memory-management unit installed (import vmo.mmu.mapping)")
+        return mmu.map(self, offset, length, perms, fault_around)
 
     # ---------------------------------------------------------------- pinning
 

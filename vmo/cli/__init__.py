@@ -25,7 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vmo.cli import explore, fuzz, swap, trace
+import vmo.cli.explore as explore
+import vmo.cli.fuzz as fuzz
+import vmo.cli.swap as swap
+import vmo.cli.trace as trace
 from vmo.cli.demo import DEMO_STEPS, Demo, DemoStep, run_demo
 from vmo.cli.demo import add_parser as _add_demo
 from vmo.cli.output import PlainOutput, RichOutput, make_output

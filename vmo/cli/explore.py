@@ -34,7 +34,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def make_app(file: str | None = None, demo: bool = False) -> ExplorerApp:
-    from vmo.explore import replay
+    import vmo.explore.replay as replay
     from vmo.explore.session import Session, demo_session
 
     if file is not None:

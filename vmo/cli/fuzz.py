@@ -60,7 +60,7 @@ def add_parser(sub: Any) -> None:
 
 def _cmd_fuzz(args: argparse.Namespace) -> int:
     if args.robust:
-        from vmo.testing import robust
+        import vmo.testing.robust as robust
 
         return robust.main(60.0 if args.time is None else args.time, args.seed)
     from vmo.testing.console import fuzz_command

@@ -12,6 +12,7 @@ The layer above the objects (`vmo.vm_object`, `vmo.kernel`) and the page sources
 - `vmo.mmu.workload`: workloads in other processes touching mapped VMOs with plain loads and
   stores (`Workload`).
 
-The old paths (``vmo.mapping``, ``vmo.pager.uffd``,
+The objects reach this layer only through the `vmo.vm_object.MemoryManagementUnit` protocol,
+which `vmo.mmu.mapping` installs when imported. The old paths (``vmo.mapping``, ``vmo.pager.uffd``,
 ``vmo.pager.fault_handler``, ``vmo.pager.remote``) are kept as aliases of these modules.
 """

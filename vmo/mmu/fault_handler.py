@@ -55,7 +55,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from vmo.mmu import uffd
+import vmo.mmu.uffd as uffd
 from vmo.mmu._uffd_cffi import ffi, lib
 
 PAGE_SIZE = uffd.PAGE_SIZE

@@ -63,11 +63,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmo import _args, trace
+import vmo._args as _args
+import vmo.trace as trace
 from vmo.cow_pages import CowPages, DiscardableState, NeedPages, RangeChangeOp
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE, ZERO_FRAME
 from vmo.types import Perms
+from vmo.vm_object import install_mmu
 
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
@@ -237,7 +239,7 @@ class Mapping:
         self._check_access("read", offset, length, Perms.READ)
         if length == 0:
             return b""
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         self._enter()
         try:
@@ -261,7 +263,7 @@ class Mapping:
         self._check_access("write", offset, len(view), Perms.WRITE)
         if len(view) == 0:
             return
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         self._enter()
         try:
@@ -392,7 +394,7 @@ def _check_perms(perms: Perms, vmo: Vmo) -> None:
 
 
 def _prot(perms: Perms) -> int:
-    from vmo.mmu import uffd
+    import vmo.mmu.uffd as uffd
 
     prot = uffd.PROT_NONE
     if perms & Perms.READ:
@@ -408,7 +410,7 @@ class MappingManager:
     docstring)."""
 
     def __init__(self, kernel: Kernel) -> None:
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
         from vmo.mmu.fault_handler import FaultHandler
 
         self._kernel_ref = weakref.ref(kernel)
@@ -625,7 +627,7 @@ class MappingManager:
 
     def _punched(self, m: Mapping, pages: list[int]) -> bool:
         """Does one of ``pages`` become a hole of the window memfd within `REMOVE_SETTLE`?"""
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         if not pages:
             return False
@@ -653,7 +655,7 @@ class MappingManager:
         """A missing fault at a page the window believes present: was the page taken out of
         the window memfd behind the handler's back (``MADV_REMOVE`` racing with a refill)?
         Then drop it (its bytes are gone, as the removal meant) so the fault can be served."""
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         win = m._win
         try:
@@ -1257,7 +1259,7 @@ class MappingManager:
     # ---------------------------------------------------------------- protect / teardown
 
     def _protect(self, m: Mapping, perms: Perms) -> None:
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         with m.vmo._hier.lock, self.lock:
             if m._dead:
@@ -1541,3 +1543,18 @@ __all__ = [
     "shutdown",
     "validate",
 ]
+
+
+class _MemoryManagementUnit:
+    """This layer as the objects see it (`vmo.vm_object.MemoryManagementUnit`)."""
+
+    def map(self, vmo: Vmo, offset: Any, length: Any, perms: Any,
+            fault_around: Any) -> Mapping:
+        offset, length, perms, around = check_map_args(vmo, offset, length, perms, fault_around)
+        return map_vmo(vmo, offset, length, perms, around)
+
+    def shutdown(self, kernel: Kernel) -> None:
+        shutdown(kernel)
+
+
+install_mmu(_MemoryManagementUnit())

@@ -195,8 +195,8 @@ class Workload:
 
     def __init__(self, kernel: Kernel, *, timeout: float = 30.0,
                  env: dict[str, str] | None = None) -> None:
+        import vmo.mmu.mapping as mapping
         from vmo.kernel import Kernel
-        from vmo.mmu import mapping
         from vmo.mmu.fault_handler import unavailable_reason
 
         if not isinstance(kernel, Kernel):
@@ -295,7 +295,7 @@ class Workload:
         use, ``ERR_PEER_CLOSED`` if the process is gone, ``ERR_BAD_STATE`` while a target runs.
         Returns the `Mapping` (``remote`` set): its ``address`` is in the workload, its
         `Mapping.fault_stats` count the workload's faults, `Mapping.unmap` takes it away."""
-        from vmo.mmu import mapping
+        import vmo.mmu.mapping as mapping
         from vmo.vm_object import Vmo
 
         if not isinstance(vmo, Vmo):
@@ -645,7 +645,7 @@ class RemoteView:
         return memoryview(self.buffer)
 
     def read_checked(self, length: int, offset: int = 0) -> bytes:
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         if self._closed:
             raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
@@ -653,7 +653,7 @@ class RemoteView:
         return uffd.copy_from_address_checked(self.address + offset, length)
 
     def write_checked(self, data: bytes, offset: int = 0) -> None:
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         if self._closed:
             raise uffd.MemoryFault(self.address + offset, signal.SIGSEGV)
@@ -670,7 +670,7 @@ class RemoteView:
         object open: its range is then replaced by an inaccessible reservation (released
         with the object), so a later access is a clean SIGSEGV, never a touch of whatever
         would be mapped there next."""
-        from vmo.mmu import uffd
+        import vmo.mmu.uffd as uffd
 
         if self._closed:
             return
@@ -691,7 +691,7 @@ def _map_window(fd: int, length: int, prot: int) -> tuple[mmap.mmap, int]:
     descriptor leaked per map/unmap cycle. So the object is made anonymous (no descriptor)
     and the memfd is mapped over it with ``MAP_FIXED``: the object's own ``munmap`` on close
     releases the window mapping, and no descriptor is held."""
-    from vmo.mmu import uffd
+    import vmo.mmu.uffd as uffd
 
     buf = mmap.mmap(-1, length, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot)
     try:
@@ -719,7 +719,7 @@ class WorkloadContext:
 
 def _client_map(ctx: WorkloadContext, chan: _Channel, msg: dict[str, Any],
                 fds: list[int]) -> None:
-    from vmo.mmu import uffd
+    import vmo.mmu.uffd as uffd
     from vmo.mmu.fault_handler import WORKLOAD_FEATURES
 
     perms = Perms(msg["perms"])
@@ -772,7 +772,7 @@ def _die_with_host(host_pid: int, sock: socket.socket) -> None:
     """The workload never outlives its host: the parent-death signal kills it when the host
     dies (SIGKILL included), and a thread watching the socket ends it when the host's end
     closes while a target runs (the main thread only reads the socket between targets)."""
-    from vmo.mmu import uffd
+    import vmo.mmu.uffd as uffd
 
     uffd.lib.vmo_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != host_pid:

@@ -7,7 +7,7 @@ its module-level settings and monkeypatching behave exactly as through the new p
 
 import sys
 
-from vmo.mmu import fault_handler as _module
+import vmo.mmu.fault_handler as _module
 from vmo.mmu.fault_handler import *  # noqa: F403  (the names, for static type checkers)
 
 sys.modules[__name__] = _module

@@ -7,7 +7,7 @@ level settings and monkeypatching behave exactly as through the new path.
 
 import sys
 
-from vmo.mmu import workload as _module
+import vmo.mmu.workload as _module
 from vmo.mmu.workload import *  # noqa: F403  (the names, for static type checkers)
 
 if __name__ == "__main__":

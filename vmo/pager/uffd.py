@@ -7,7 +7,7 @@ settings and monkeypatching behave exactly as through the new path.
 
 import sys
 
-from vmo.mmu import uffd as _module
+import vmo.mmu.uffd as _module
 from vmo.mmu.uffd import *  # noqa: F403  (the names, for static type checkers)
 
 sys.modules[__name__] = _module
