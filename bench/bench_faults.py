@@ -8,7 +8,7 @@ plain anonymous memory measured in the same run.
 
 Every workload touches one byte of every page of the mapping once, first with loads (the read
 pass), then with stores (the write pass), from a thread that runs C code without the GIL
-(`vmo.pager.uffd.touch_read` / `touch_write`), so each first access of a page is a real fault:
+(`vmo.mmu.uffd.touch_read` / `touch_write`), so each first access of a page is a real fault:
 
 - **C handler** (`bench/c/uffd_bench.c`, compiled here with gcc into a temporary directory and
   run as a subprocess): the minimal handler of the same memory -- a ``MAP_SHARED`` memfd window
@@ -65,7 +65,7 @@ except ImportError:  # run from a checkout without installing: the package is ne
 import _report  # bench/_report.py, next to this script
 
 from vmo import PAGE_SIZE, Kernel, VmoOp
-from vmo.pager.fault_handler import unavailable_reason
+from vmo.mmu.fault_handler import unavailable_reason
 
 MiB = 1 << 20
 C_SOURCE = Path(__file__).resolve().parent / "c" / "uffd_bench.c"
@@ -136,7 +136,7 @@ def c_workload(exe: Path, mode: str, size: int) -> Callable[[], tuple[float, ...
 
 
 def vmo_workload(size: int, fault_around: int, committed: bool) -> Callable[[], tuple]:
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
 
     def run() -> tuple[float, float, int, int, float, float]:
         with Kernel(memory=size + 64 * MiB) as k:

@@ -22,7 +22,7 @@ SPANS = FENCED + re.findall(r"`([^`]+)`", re.sub(r"^```[^\n]*\n.*?^```", "", TEX
                                                  flags=re.M | re.S))
 
 MODULES = ["vmo", "vmo.pager", "vmo.pager.swap", "vmo.testing", "vmo.debug",
-           "vmo.pager.remote"]
+           "vmo.mmu.workload"]
 
 
 def _documented(name: str) -> bool:
@@ -42,8 +42,8 @@ def test_every_exported_name_is_documented(module: str) -> None:
 
 
 def _classes() -> list[type]:
+    from vmo.mmu.workload import RemoteView, Workload
     from vmo.pager import FilePager, FilePagerMetrics
-    from vmo.pager.remote import RemoteView, Workload
     from vmo.pager.swap import SwapMetrics, SwapSource, SwapStatus, SwapTransition
     from vmo.testing import Failure, RunResult
 
@@ -113,7 +113,7 @@ def _readme_block(marker: str) -> str:
 
 
 def test_readme_file_pager_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     if unavailable_reason() is not None:
         pytest.skip(unavailable_reason() or "")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import vmo
-from vmo import PAGE_SIZE, ChildOptions, Kernel, _demo_pictures, cli
+from vmo import PAGE_SIZE, ChildOptions, Kernel, cli
+from vmo.cli import demo_pictures
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,16 +64,16 @@ def test_demo_pictures_without_graphviz(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_demo_pictures_unwritable_directory(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    if _demo_pictures.missing_graphviz():
-        pytest.skip(_demo_pictures.missing_graphviz() or "")
+    if demo_pictures.missing_graphviz():
+        pytest.skip(demo_pictures.missing_graphviz() or "")
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert cli.main(["demo", "--pictures", str(blocker / "pics")]) == 2
     assert "cannot write to" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(_demo_pictures.missing_graphviz() is not None,
-                    reason=_demo_pictures.missing_graphviz() or "")
+@pytest.mark.skipif(demo_pictures.missing_graphviz() is not None,
+                    reason=demo_pictures.missing_graphviz() or "")
 def test_demo_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pics = tmp_path / "pics"
     assert cli.main(["demo", "--plain", "--pictures", str(pics), "cow"]) == 0

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmo import debug
+from vmo.cli.explore import serve
 from vmo.explore.app import ExplorerApp
-from vmo.explore.cli import serve
 from vmo.explore.replay import load, load_trace
 from vmo.explore.session import DEMO_OPS, OP_NAMES, Session, demo_session
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from vmo.cli.explore import serve
 from vmo.explore.app import ExplorerApp
-from vmo.explore.cli import serve
 from vmo.explore.replay import load
 from vmo.explore.session import Session, demo_session
 

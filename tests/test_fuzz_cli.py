@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import vmo
 from vmo import cli
-from vmo.pager.fault_handler import unavailable_reason
+from vmo.mmu.fault_handler import unavailable_reason
 from vmo.testing import mutation
 from vmo.testing.mutation import MutantResult, default_catalog_dir
 from vmo.testing.portable import scrub_paths

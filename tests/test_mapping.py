@@ -29,8 +29,7 @@ from vmo import (
     ZxError,
     mapping,
 )
-from vmo.pager import PagerOp
-from vmo.pager.fault_handler import (
+from vmo.mmu.fault_handler import (
     ABSENT,
     POISONED,
     READ_ONLY,
@@ -38,6 +37,7 @@ from vmo.pager.fault_handler import (
     Window,
     unavailable_reason,
 )
+from vmo.pager import PagerOp
 
 PS = PAGE_SIZE
 RW = Perms.READ | Perms.WRITE
@@ -636,8 +636,8 @@ def test_concurrent_accessors(k: Kernel) -> None:
 
 
 def test_window_kernel_facts() -> None:
-    """The userfaultfd behaviours `vmo.pager.fault_handler` relies on (its docstring)."""
-    from vmo.pager import uffd
+    """The userfaultfd behaviours `vmo.mmu.fault_handler` relies on (its docstring)."""
+    from vmo.mmu import uffd
 
     w = Window(4 * PS)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-from vmo.pager.fault_handler import unavailable_reason
+from vmo.mmu.fault_handler import unavailable_reason
 from vmo.testing.mapping_machine import MappingMachine
 
 _REASON = unavailable_reason()

@@ -18,8 +18,9 @@ import pytest
 import test_workload
 
 import vmo
-from vmo import PAGE_SIZE, Kernel, Status, ZxError, mapping
-from vmo.pager.fault_handler import unavailable_reason
+from vmo import PAGE_SIZE, Kernel, Status, ZxError
+from vmo.mmu import mapping
+from vmo.mmu.fault_handler import unavailable_reason
 from vmo.testing import robust
 
 PS = PAGE_SIZE
@@ -28,8 +29,8 @@ needs_uffd = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 pytestmark = [pytest.mark.timeout(120, method="thread")]
 
 if _REASON is None:
+    from vmo.mmu.workload import Workload, WorkloadContext
     from vmo.pager import remote
-    from vmo.pager.remote import Workload, WorkloadContext
 else:  # pragma: no cover
     WorkloadContext = Any  # type: ignore[misc,assignment]
 
@@ -60,7 +61,7 @@ def remember(ctx: WorkloadContext, name: str, keep_view: bool) -> int:
 
 
 def touch_remembered(ctx: WorkloadContext, offset: int) -> str:
-    from vmo.pager.uffd import MemoryFault
+    from vmo.mmu.uffd import MemoryFault
 
     view = _kept["view"]
     try:
@@ -71,7 +72,7 @@ def touch_remembered(ctx: WorkloadContext, offset: int) -> str:
 
 
 def touch_address(ctx: WorkloadContext, address: int) -> str:
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
 
     try:
         uffd.copy_from_address_checked(address, 1)
@@ -372,7 +373,7 @@ def remove_then_read(ctx: WorkloadContext, name: str, offset: int, length: int,
 
 
 def munmap_part(ctx: WorkloadContext, name: str, offset: int, length: int) -> str:
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
 
     view = ctx.mappings[name]
     uffd.munmap(view.address + offset, length)

@@ -17,9 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import vmo
-from vmo import ChildOptions, Kernel, Status, VmoOp, VmoOptions, ZxError, mapping
+from vmo import ChildOptions, Kernel, Status, VmoOp, VmoOptions, ZxError
+from vmo.mmu import mapping
+from vmo.mmu.workload import Workload, WorkloadContext
 from vmo.pager import FilePager
-from vmo.pager.remote import Workload, WorkloadContext
 from vmo.pager.swap import SwapSource, SwapState
 from vmo.pager.swap import file as swap_file_module
 from vmo.pmm import PAGE_SIZE as PS
@@ -676,7 +677,7 @@ def touch_forever(ctx: WorkloadContext, name: str) -> None:
 
 
 def needs_uffd() -> None:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
@@ -699,7 +700,7 @@ def test_workload_touches_a_swapped_out_vmo(k: Kernel, swap: SwapSource) -> None
         m = swap.status().metrics
         assert m.copied_from_file_pages >= n // 2 and m.copied_from_staging_pages >= n // 2
         assert m.resident_pages == n
-        w.run(vmo.pager.remote.fill, "v", 0x5A, 0, PS)
+        w.run(vmo.mmu.workload.fill, "v", 0x5A, 0, PS)
         swap.move_to_staging()  # recalls the workload's store first
         assert v.read(PS) == b"\x5a" * PS
     mapping.validate(k)

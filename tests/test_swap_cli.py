@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from vmo import cli
-from vmo.pager.swap import cli as swap_cli
+from vmo.cli import swap as swap_cli
 
 
 def needs_uffd() -> None:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:

@@ -222,7 +222,7 @@ def test_trace_of_a_closed_kernel_is_bad_handle() -> None:
     assert e.value.status == Status.ERR_BAD_HANDLE
 
 
-_UFFD = __import__("vmo.pager.fault_handler", fromlist=["x"]).unavailable_reason()
+_UFFD = __import__("vmo.mmu.fault_handler", fromlist=["x"]).unavailable_reason()
 
 
 @pytest.mark.uffd

@@ -1,4 +1,4 @@
-"""Tests of the raw userfaultfd/memory binding (vmo.pager.uffd) on plain anonymous memory and
+"""Tests of the raw userfaultfd/memory binding (vmo.mmu.uffd) on plain anonymous memory and
 MAP_SHARED memfd mappings, without any VMO.
 
 Faulting accesses always run in a separate thread through the GIL-releasing helpers; the
@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from vmo.pager._uffd_cffi import ffi
+from vmo.mmu._uffd_cffi import ffi
 
-from vmo.pager import uffd
-from vmo.pager.uffd import (
+from vmo.mmu import uffd
+from vmo.mmu.uffd import (
     PAGE_SIZE,
     Feature,
     Ioctl,
@@ -305,9 +305,9 @@ def test_missing_compiled_module_explains_how_to_build() -> None:
         for name, path in (("vmo", sys.argv[1]), ("vmo.pager", sys.argv[2])):
             sys.modules[name] = module = types.ModuleType(name)
             module.__path__ = [path]
-        sys.modules["vmo.pager._uffd_cffi"] = None  # as if it had not been built
+        sys.modules["vmo.mmu._uffd_cffi"] = None  # as if it had not been built
         try:
-            import vmo.pager.uffd
+            import vmo.mmu.uffd
         except ImportError as exc:
             print(exc)
         """
@@ -753,7 +753,7 @@ _CRASH_SCRIPT = textwrap.dedent(
     for name, path in (("vmo", sys.argv[2]), ("vmo.pager", sys.argv[3])):
         sys.modules[name] = module = types.ModuleType(name)
         module.__path__ = [path]
-    from vmo.pager import uffd
+    from vmo.mmu import uffd
     if sys.argv[1] == "late-faulthandler":
         uffd.touch_checked(0, 0)   # installs the guard handler first
         faulthandler.enable()

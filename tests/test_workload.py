@@ -1,4 +1,4 @@
-"""Workloads in other processes (`vmo.pager.remote`): plain loads and stores in a spawned
+"""Workloads in other processes (`vmo.mmu.workload`): plain loads and stores in a spawned
 process, every fault served here; coherence with the VMO and with mappings here; pager-backed
 VMOs; failures; and a workload killed with SIGKILL in the middle of its run or of a fault.
 
@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 import vmo
-from vmo import PAGE_SIZE, ChildOptions, Kernel, Perms, Status, ZxError, mapping
-from vmo.pager.fault_handler import unavailable_reason
+from vmo import PAGE_SIZE, ChildOptions, Kernel, Perms, Status, ZxError
+from vmo.mmu import mapping
+from vmo.mmu.fault_handler import unavailable_reason
 from vmo.testing import robust
 
 PS = PAGE_SIZE
@@ -32,8 +33,8 @@ pytestmark = [
 ]
 
 if _REASON is None:
+    from vmo.mmu.workload import RemoteError, Workload, WorkloadContext
     from vmo.pager import remote
-    from vmo.pager.remote import RemoteError, Workload, WorkloadContext
 else:  # pragma: no cover
     WorkloadContext = Any  # type: ignore[misc,assignment]
 
@@ -68,7 +69,7 @@ store_forever = robust.store_counters
 
 
 def checked_access(ctx: WorkloadContext, name: str, offset: int, write: bool) -> str:
-    from vmo.pager.uffd import MemoryFault
+    from vmo.mmu.uffd import MemoryFault
 
     view = ctx.mappings[name]
     try:

@@ -6,10 +6,10 @@ is documented in docs/api.md; `vmo.debug` validates, dumps and draws hierarchies
 
 from importlib import metadata as _metadata
 
-from vmo import debug
+import vmo.debug as debug
 from vmo.errors import InvariantError, Status, ZxError
 from vmo.kernel import Kernel
-from vmo.mapping import FaultStats, Mapping
+from vmo.mmu.mapping import FaultStats, Mapping
 from vmo.pager import (
     WRITEBACK_BEGIN_ZERO_RANGE,
     DirtyRange,

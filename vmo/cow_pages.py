@@ -43,7 +43,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from vmo import trace
+import vmo.trace as trace
 from vmo.errors import Status, ZxError
 from vmo.page_list import EMPTY, MARKER, NODE_MASK, NODE_SHIFT, PageList
 from vmo.pmm import (

@@ -11,21 +11,39 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from vmo import _args
+import vmo._args as _args
 from vmo.cow_pages import CowPages, DiscardableState, Hierarchy, KernelState, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE, PageQueue, PhysicalMemory
 from vmo.trace import Trace, TraceEvent, trace_from_environment
 from vmo.types import MemoryStats, VmoOptions
-from vmo.vm_object import Vmo
+from vmo.vm_object import Vmo, installed_mmu
 
 if TYPE_CHECKING:
     from vmo.pager.file_pager import FilePager
     from vmo.pager.user_pager import Pager, PageRequest
 
 DEFAULT_MEMORY = 256 * 2**20
+
+
+class PagerFactory(Protocol):
+    """How `Kernel.pager_create` makes a user pager: the page sources (`vmo.pager`) sit above
+    the objects, so `vmo.pager.user_pager` installs its `Pager` class here when it is imported
+    (`install_pager_factory`; the package `vmo` imports it) and the kernel never imports it."""
+
+    def __call__(self, kernel: Kernel,
+                 handler: Callable[[PageRequest], Any] | None) -> Pager: ...
+
+
+_pager_factory: PagerFactory | None = None
+
+
+def install_pager_factory(factory: PagerFactory) -> None:
+    """Make ``factory`` what `Kernel.pager_create` calls."""
+    global _pager_factory
+    _pager_factory = factory
 
 
 class Kernel:
@@ -107,12 +125,13 @@ class Kernel:
     def pager_create(self, handler: Callable[[PageRequest], Any] | None = None) -> Pager:
         """``zx_pager_create``: a user pager (see `vmo.pager.Pager`). With ``handler``, each page
         request is passed to ``handler(request)`` on the thread that needs the page."""
-        from vmo.pager.user_pager import Pager
-
         self._check_open()
+        if _pager_factory is None:
+            raise ZxError(Status.ERR_NOT_SUPPORTED,
+                          "no user pager installed (import vmo.pager.user_pager)")
         if handler is not None and not callable(handler):
             raise ZxError(Status.ERR_INVALID_ARGS, "handler must be callable or None")
-        pager = Pager(self, handler)
+        pager = _pager_factory(self, handler)
         with self._objects_lock:
             self._pagers.add(pager)
         return pager
@@ -262,9 +281,9 @@ class Kernel:
                 fp.close()
         # Then mappings: unmap them all (waking any thread waiting on a fault with an error)
         # and stop the fault handler, which reads the arena.
-        from vmo import mapping
-
-        mapping.shutdown(self)
+        mmu = installed_mmu()
+        if mmu is not None:
+            mmu.shutdown(self)
         with self._objects_lock:
             pagers = list(self._pagers)
         for pager in pagers:

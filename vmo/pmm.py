@@ -71,7 +71,7 @@ class Coherence(Protocol):
     """Keeps copies of frames held elsewhere (mapping windows) coherent with the frames.
 
     The kernel's bytes live in frames, but a mapping shows copies of them in its own window
-    memory (see `vmo.mapping`). Before the kernel reads a frame, a copy that is *checked out*
+    memory (see `vmo.mmu.mapping`). Before the kernel reads a frame, a copy that is *checked out*
     for writing must be recalled into it; before the kernel writes or frees a frame, read-only
     copies must be dropped. `PhysicalMemory` calls these hooks at every such access.
     """

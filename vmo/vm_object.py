@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from vmo import _args, trace
+import vmo._args as _args
+import vmo.trace as trace
 from vmo.cow_pages import COMMIT_CHUNK, CowPages, NeedPages
 from vmo.errors import Status, ZxError
 from vmo.pmm import PAGE_SIZE
@@ -21,7 +22,7 @@ from vmo.types import ChildOptions, LockState, Perms, VmoInfo, VmoInfoFlags, Vmo
 
 if TYPE_CHECKING:
     from vmo.kernel import Kernel
-    from vmo.mapping import Mapping
+    from vmo.mmu.mapping import Mapping
 
 T = TypeVar("T")
 MAX_NAME_LEN = 31
@@ -29,6 +30,36 @@ MAX_NAME_LEN = 31
 MAX_READ = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 _CHILD_KINDS = (ChildOptions.SNAPSHOT | ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE
                 | ChildOptions.SLICE)
+
+
+class MemoryManagementUnit(Protocol):
+    """What the objects need of the layer that maps VMOs into memory (`vmo.mmu`), which sits
+    above them: `Vmo.map` and `Kernel.close` call up only through this protocol, and
+    `vmo.mmu.mapping` installs the implementation (`install_mmu`) when it is imported, as the
+    package `vmo` does. The objects layer thus never imports the MMU."""
+
+    def map(self, vmo: Vmo, offset: Any, length: Any, perms: Any,
+            fault_around: Any) -> Mapping:
+        """Check the arguments of `Vmo.map` and map the range (``zx_vmar_map``)."""
+        ...
+
+    def shutdown(self, kernel: Kernel) -> None:
+        """Unmap every mapping of ``kernel`` and stop its fault handler (`Kernel.close`)."""
+        ...
+
+
+_mmu: MemoryManagementUnit | None = None
+
+
+def install_mmu(mmu: MemoryManagementUnit) -> None:
+    """Make ``mmu`` the memory-management unit `Vmo.map` and `Kernel.close` call."""
+    global _mmu
+    _mmu = mmu
+
+
+def installed_mmu() -> MemoryManagementUnit | None:
+    """The memory-management unit, or None when `vmo.mmu.mapping` has not been imported."""
+    return _mmu
 
 
 _LOCK_OPS = frozenset({VmoOp.LOCK, VmoOp.TRY_LOCK, VmoOp.UNLOCK})
@@ -400,16 +431,16 @@ class Vmo:
         (``zx_vmar_map``); see `vmo.Mapping`.
 
         ``fault_around``: pages a fault may install at once (the aligned block containing the
-        faulting page; default `vmo.mapping.DEFAULT_FAULT_AROUND`, 1 for one page per fault).
+        faulting page; default `vmo.mmu.mapping.DEFAULT_FAULT_AROUND`, 1 for one page per fault).
         Errors: ``ERR_INVALID_ARGS`` (unaligned or empty range, WRITE without READ),
         ``ERR_OUT_OF_RANGE``, ``ERR_ACCESS_DENIED`` (WRITE on a VMO without write rights),
         ``ERR_NOT_SUPPORTED`` (no userfaultfd on this machine).
         """
-        from vmo import mapping
-
-        offset, length, perms, around = mapping.check_map_args(self, offset, length, perms,
-                                                               fault_around)
-        return mapping.map_vmo(self, offset, length, perms, around)
+        mmu = installed_mmu()
+        if mmu is None:
+            raise ZxError(Status.ERR_NOT_SUPPORTED,
+                          "no memory-management unit installed (import vmo.mmu.mapping)")
+        return mmu.map(self, offset, length, perms, fault_around)
 
     # ---------------------------------------------------------------- pinning
 

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from vmo import _args
+import vmo._args as _args
 from vmo.errors import Status, ZxError
 from vmo.pager.source import PageRequestCommand
 from vmo.pager.user_pager import (

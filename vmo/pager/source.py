@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from vmo import trace
+import vmo.trace as trace
 from vmo.errors import Status, ZxError
 
 if TYPE_CHECKING:

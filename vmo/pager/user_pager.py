@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmo import _args, trace
+import vmo._args as _args
+import vmo.trace as trace
 from vmo.cow_pages import MAX_SUPPLY_PAGES, CowPages, fill_frames_from_fd
 from vmo.errors import Status, ZxError
+from vmo.kernel import install_pager_factory
 from vmo.page_list import EMPTY, MARKER
 from vmo.pager.source import PageRequestCommand, Request, RequestTracker
 from vmo.pmm import PAGE_SIZE
@@ -485,3 +487,7 @@ def _absent_runs(node: CowPages, start: int, end: int) -> list[tuple[int, int]]:
     if run_start is not None:
         runs.append((run_start, end))
     return runs
+
+
+# The kernel creates pagers through this (it sits below the page sources; see PagerFactory).
+install_pager_factory(Pager)

@@ -17,7 +17,7 @@
 See docs/fuzzing.md.
 """
 
-from vmo.testing import strategies
+import vmo.testing.strategies as strategies
 from vmo.testing.machine import Mismatch, VmoStateMachine
 from vmo.testing.oracle import Oracle, OVmo
 from vmo.testing.run import (

@@ -221,11 +221,11 @@ class RichDisplay:
 
 
 def _make_display(args: argparse.Namespace, title: str, budget: str) -> Any:
-    from vmo.cli import _isatty
+    from vmo.cli.output import isatty
 
     if args.plain or args.json:
         return PlainDisplay(out=sys.stderr if args.json else sys.stdout)
-    if args.rich or _isatty(sys.stdout):
+    if args.rich or isatty(sys.stdout):
         try:
             return RichDisplay(title, budget, force_terminal=True if args.rich else None)
         except ImportError:

@@ -30,12 +30,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from vmo import debug
+import vmo.debug as debug
+import vmo.testing.strategies as vs
 from vmo.errors import Status, ZxError
 from vmo.kernel import Kernel
 from vmo.page_list import EMPTY
 from vmo.pmm import PAGE_SIZE, SPLIT_LEFT, SPLIT_RIGHT
-from vmo.testing import strategies as vs
 from vmo.testing.oracle import Disc, OPin, Oracle, OVmo
 from vmo.types import ChildOptions, LockState, VmoOp, VmoOptions
 from vmo.vm_object import PinnedRange, Vmo

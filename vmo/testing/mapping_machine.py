@@ -4,10 +4,10 @@ same VMO, of a snapshot child and of a slice, interleaved with every VMO operati
 discardable lock/unlock/reclaim, zero-page dedup, pins), compared with `vmo.testing.Oracle`.
 
 After every step every live mapping is read whole and compared with the oracle's view of its
-VMO, and `vmo.mapping.validate` checks the windows against the VMOs (reverse map, states,
+VMO, and `vmo.mmu.mapping.validate` checks the windows against the VMOs (reverse map, states,
 window bytes) besides `vmo.debug.validate`.
 
-It needs userfaultfd (`vmo.pager.fault_handler.unavailable_reason` says why not). Run it with
+It needs userfaultfd (`vmo.mmu.fault_handler.unavailable_reason` says why not). Run it with
 ``vmo fuzz --machine vmo.testing.mapping_machine:MappingMachine``; the test suite runs it in
 ``tests/test_mapping_state_machine.py``.
 """
@@ -20,7 +20,8 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, multiple, precondition, rule
 
-from vmo import PAGE_SIZE, Mapping, Perms, Status, mapping
+from vmo import PAGE_SIZE, Mapping, Perms, Status
+from vmo.mmu import mapping
 from vmo.testing import OVmo, VmoStateMachine
 from vmo.testing import strategies as vs
 from vmo.testing.machine import Mismatch

@@ -50,7 +50,8 @@ from typing import Any
 import attrs
 
 import vmo
-from vmo import PAGE_SIZE, ChildOptions, Kernel, Status, VmoOp, ZxError, mapping
+from vmo import PAGE_SIZE, ChildOptions, Kernel, Status, VmoOp, ZxError
+from vmo.mmu import mapping
 from vmo.pager.user_pager import PagerOp
 
 PS = PAGE_SIZE
@@ -207,7 +208,7 @@ def validate(k: Kernel, report: Report, what: str) -> bool:
 
 
 def uffd_available() -> bool:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     return unavailable_reason() is None
 
@@ -252,7 +253,7 @@ class World:
         self.maps = uffd_available()
         self.workload: Any = None
         if with_workload and self.maps:
-            from vmo.pager.remote import Workload
+            from vmo.mmu.workload import Workload
 
             self.workload = Workload(self.k, timeout=10.0)
         self._vmos: dict[str, vmo.Vmo] = {}
@@ -463,8 +464,8 @@ def _bad_calls(world: World, data: Any, st: Any) -> tuple[str, set[str], Callabl
     if name == "workload_run":
         arg = data.draw(st.sampled_from([("valid", "m"), ("unpicklable", Unpicklable()),
                                          ("unpicklable", lambda: 0), ("valid", None)]))
-        target = data.draw(st.sampled_from(["vmo.pager.remote:checksum", "nomodule", 5]))
-        tk = "valid" if target == "vmo.pager.remote:checksum" else "wrong_type"
+        target = data.draw(st.sampled_from(["vmo.mmu.workload:checksum", "nomodule", 5]))
+        tk = "valid" if target == "vmo.mmu.workload:checksum" else "wrong_type"
         return name, {arg[0], tk}, lambda: _run_quietly(w, target, arg[1])
     if name == "workload_kill":
         sig = data.draw(st.sampled_from([0, 999, -3, "KILL", None]))
@@ -484,7 +485,7 @@ def _unmapping(m: Any) -> Any:
 
 
 def _run_quietly(w: Any, target: Any, arg: Any) -> Any:
-    from vmo.pager.remote import RemoteError
+    from vmo.mmu.workload import RemoteError
 
     try:
         return w.run(target, arg, timeout=10)
@@ -788,7 +789,7 @@ def store_counters(ctx: Any, name: str) -> None:
 
 def workload_kill_round(report: Report, rng: random.Random) -> None:
     """Kill a workload mid-fault (while it stores) or mid-map, at a random point."""
-    from vmo.pager.remote import Workload
+    from vmo.mmu.workload import Workload
 
     k = Kernel(memory=8 << 20)
     v = k.vmo_create(16 * PS)
@@ -843,7 +844,7 @@ HOST_SCRIPT = """
 import sys, time
 sys.path[:0] = {paths!r}
 import vmo
-from vmo.pager.remote import Workload
+from vmo.mmu.workload import Workload
 k = vmo.Kernel(memory=8 << 20)
 v = k.vmo_create(16 * 4096)
 w = Workload(k)
@@ -958,7 +959,7 @@ def threads_round(report: Report, rng: random.Random, nthreads: int = 8,
     workload = None
     wl_region = nthreads * per * PS
     if maps:
-        from vmo.pager.remote import Workload, fill
+        from vmo.mmu.workload import Workload, fill
 
         workload = Workload(k, timeout=20.0)
         workload.map(root, wl_region, per * PS, name="t", fault_around=rng.choice([1, 16]))

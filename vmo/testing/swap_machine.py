@@ -44,7 +44,7 @@ from hypothesis.stateful import (
 from vmo import debug
 from vmo.errors import Status, ZxError
 from vmo.kernel import Kernel
-from vmo.mapping import Mapping
+from vmo.mmu.mapping import Mapping
 from vmo.page_list import MARKER
 from vmo.pager.swap import SwapSource, SwapState
 from vmo.pager.swap.vmo_source import SwapVmoSource
@@ -398,7 +398,7 @@ class SwapStateMachine(RuleBasedStateMachine):
     def valid(self) -> None:
         debug.validate(self.k)
         if self.mappings_ok:
-            from vmo import mapping
+            from vmo.mmu import mapping
 
             mapping.validate(self.k)
 
@@ -434,7 +434,7 @@ def _page_in_place(v: Vmo, p: int) -> bytes:
 
 
 def _mappings_available() -> bool:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     return unavailable_reason() is None
 

@@ -23,9 +23,9 @@ import errno
 import os
 import tempfile
 
-from vmo.pager.swap import frame_io
+import vmo.pager.swap.frame_io as frame_io
+from vmo.mmu.uffd import fallocate_punch_hole
 from vmo.pager.swap.present_list import PresentList
-from vmo.pager.uffd import fallocate_punch_hole
 from vmo.pmm import PAGE_SIZE, PhysicalMemory
 
 

@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING
 
 from vmo.cow_pages import RangeChangeOp
 from vmo.errors import Status, ZxError
+from vmo.mmu.uffd import fallocate_punch_hole
 from vmo.page_list import EMPTY, MARKER
 from vmo.pager.swap.file_truncator import FileTruncator
 from vmo.pager.swap.frame_io import frame_runs
 from vmo.pager.swap.region import Region
 from vmo.pager.swap.state import COUNTERS
-from vmo.pager.uffd import fallocate_punch_hole
 from vmo.pmm import PAGE_SIZE, DirtyState, PhysicalMemory
 
 if TYPE_CHECKING:

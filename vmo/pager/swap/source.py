@@ -60,7 +60,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from vmo import _args
+import vmo._args as _args
 from vmo.cow_pages import CowPages
 from vmo.errors import Status, ZxError
 from vmo.pager.swap.file import open_unnamed_file

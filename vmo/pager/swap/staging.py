@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 
+from vmo.mmu.uffd import fallocate_punch_hole
 from vmo.pager.swap.frame_io import fill_frames_from_file, write_frames_to_fd
 from vmo.pager.swap.present_list import PresentList
-from vmo.pager.uffd import fallocate_punch_hole
 from vmo.pmm import PAGE_SIZE, PhysicalMemory
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import cffi
 
-MODULE_NAME = "vmo.pager._uffd_cffi"
+MODULE_NAME = "vmo.mmu._uffd_cffi"
 
 # ---------------------------------------------------------------------------------------------
 # Declarations visible from Python. `...` means "ask the C compiler".
@@ -261,7 +261,7 @@ int vmo_uffd_writeprotect(int fd, uint64_t start, uint64_t len, uint64_t mode);
 /* prctl(PR_SET_PDEATHSIG): 0, or -errno. A workload process dies with its host. */
 int vmo_set_pdeathsig(int sig);
 
-/* The in-process deadlock watchdog (see vmo.pager.fault_handler): a thread without the GIL
+/* The in-process deadlock watchdog (see vmo.mmu.fault_handler): a thread without the GIL
    that fails page faults of this process's own windows left unread for `timeout_ns`. */
 int vmo_wd_start(int64_t timeout_ns);
 void vmo_wd_set_timeout(int64_t timeout_ns);
@@ -809,7 +809,7 @@ static void vmo_wd_fail(int fd, uint64_t address)
         "access is failed with SIGBUS. In this process touch mappings only through "
         "Mapping.read/Mapping.write (they release the GIL); plain loads and stores (ctypes, "
         "numpy, memoryview of the address) belong in a workload process "
-        "(vmo.pager.remote.Workload).\n",
+        "(vmo.mmu.workload.Workload).\n",
         (unsigned long long)address, (double)vmo_wd_timeout / 1e9);
     if (len > 0)
         (void)!write(2, msg, (size_t)(len < (int)sizeof msg ? len : (int)sizeof msg - 1));

@@ -1,24 +1,9 @@
-"""The ``vmo`` command line.
+"""``vmo demo [STEP] [--pictures DIR]``: a narrated, step-by-step tour of the core.
 
-Subcommands:
-
-- ``vmo demo [STEP] [--pictures DIR]``: a narrated, step-by-step tour of the core (snapshots
-  and hidden nodes, copy-on-write and split bits, merging, at-least-on-write clones, slices,
-  discardable VMOs, pagers, mappings, swap) on a small in-process kernel, for students and
-  teachers; ``STEP`` starts at a named step, ``--pictures`` draws the hierarchy after each
-  step (`vmo._demo_pictures`). ``vmo --version`` prints the version.
-- ``vmo fuzz``: a fuzz campaign of the oracle state machine with a live display, or
-  (``--mutants``) the mutation check; the work is in `vmo.testing.console`.
-- ``vmo swap``: the swap experiment (a VMO moved out and faulted back by a workload); the work
-  is in `vmo.pager.swap.cli`.
-- ``vmo trace``: run a program with the event trace on (`vmo.trace_cli`).
-- ``vmo explore``: the explorer, a local web page showing a live kernel (`vmo.explore`).
-
-Each subcommand is one ``_add_<name>(subparsers)`` function that declares its parser and sets
-``func`` to a handler ``(args) -> int``; `_SUBCOMMANDS` lists them in ``--help`` order. To add
-``vmo fuzz`` or ``vmo bench``, write the pair and append the adder to `_SUBCOMMANDS` (see the
-comment there). Handlers import what they need themselves, so that ``vmo demo`` does not pay
-for the imports of a fuzzer.
+Snapshots and hidden nodes, copy-on-write and split bits, merging, at-least-on-write clones,
+slices, discardable VMOs, pagers, mappings and swap, on a small in-process kernel, for students
+and teachers. ``STEP`` starts at a named step (the steps before it run quietly to build its
+state); ``--pictures`` draws the hierarchy after each step (`vmo.cli.demo_pictures`).
 
 The demo is a list of `DemoStep`s (`DEMO_STEPS`). A step is a function of a `Demo`: it narrates
 (`Demo.say`), runs Python snippets shown as an interactive-session transcript (`Demo.run`: the
@@ -33,264 +18,15 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TextIO, cast
+from typing import Any, cast
 
 import attrs
 
-# ---------------------------------------------------------------------------- output
-
-
-class Output(Protocol):
-    """Where the demo writes: styled with rich (`RichOutput`) or plain text (`PlainOutput`)."""
-
-    def banner(self, title: str, text: str) -> None: ...
-    def step(self, index: int, total: int, title: str) -> None: ...
-    def say(self, text: str) -> None: ...
-    def transcript(self, text: str) -> None: ...
-    def tree(self, title: str, text: str) -> None: ...
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
-              caption: str = "") -> None: ...
-    def ok(self, text: str) -> None: ...
-    def problem(self, title: str, text: str) -> None: ...
-    def ask(self, prompt: str) -> str: ...
-
-
-def _plain_markup(text: str) -> str:
-    """The narration is written in a small subset of Markdown; plain text keeps the
-    backquotes (they mark code) and drops the emphasis."""
-    return text.replace("**", "")
-
-
-class PlainOutput:
-    """Plain text, ASCII only, no escape sequences: for pipes, logs and ``--plain``."""
-
-    WIDTH = 88
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream
-
-    @property
-    def stream(self) -> TextIO:
-        return self._stream if self._stream is not None else sys.stdout
-
-    def _print(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-
-    def _wrap(self, text: str, indent: str = "") -> str:
-        paras = [p.strip() for p in textwrap.dedent(text).strip().split("\n\n")]
-        return "\n\n".join(
-            textwrap.fill(" ".join(p.split()), self.WIDTH, initial_indent=indent,
-                          subsequent_indent=indent)
-            for p in paras if p)
-
-    def banner(self, title: str, text: str) -> None:
-        self._print("#" * self.WIDTH)
-        self._print(f"# {title}")
-        self._print("#" * self.WIDTH)
-        self._print(self._wrap(_plain_markup(text)))
-
-    def step(self, index: int, total: int, title: str) -> None:
-        self._print()
-        self._print("=" * self.WIDTH)
-        self._print(f"Step {index}/{total}: {title}")
-        self._print("=" * self.WIDTH)
-
-    def say(self, text: str) -> None:
-        self._print()
-        self._print(self._wrap(_plain_markup(text)))
-
-    def transcript(self, text: str) -> None:
-        self._print()
-        for line in text.splitlines():
-            self._print(f"    {line}".rstrip())
-
-    def tree(self, title: str, text: str) -> None:
-        self._print()
-        self._print(f"  {title}:")
-        for line in text.splitlines():
-            self._print(f"    {line}")
-
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
-              caption: str = "") -> None:
-        self._print()
-        self._print(f"  {title}:")
-        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
-        fmt = "    " + "  ".join(f"{{:<{w}}}" for w in widths)
-        self._print(fmt.format(*columns).rstrip())
-        self._print(fmt.format(*("-" * w for w in widths)).rstrip())
-        for r in rows:
-            self._print(fmt.format(*r).rstrip())
-        if caption:
-            self._print(self._wrap(caption, indent="    "))
-
-    def ok(self, text: str) -> None:
-        self._print()
-        self._print(textwrap.fill(text, self.WIDTH, initial_indent="  [ok] ",
-                                  subsequent_indent="       "))
-
-    def problem(self, title: str, text: str) -> None:
-        self._print()
-        self._print(f"!! {title}")
-        for line in text.splitlines():
-            self._print(f"!! {line}")
-
-    def ask(self, prompt: str) -> str:
-        self.stream.write(prompt)
-        self.stream.flush()
-        return input()
-
-
-# Styles for the text of `vmo.debug.dump`: hidden nodes, split bits and names stand out.
-_DUMP_STYLES = [
-    (r"#\d+", "bold"),
-    (r"\bhidden\b", "bold yellow"),
-    (r"\bslice\b", "bold blue"),
-    (r"\((?:L\.|\.R|LR)\)", "bold magenta"),
-    (r"'[^']*'", "cyan"),
-    (r"\bzero marker\b", "dim"),
-    (r"\[discardable [^\]]*\]", "red"),
-]
-
-
-def _rich_tree(text: str) -> Any:
-    """The text of `vmo.debug.dump` as a `rich.tree.Tree` (guide lines show the hierarchy and
-    long lines wrap under their node), or None if the text is not the indented shape dump
-    prints: node lines ``#<id> ...`` indented two spaces per level, each followed by its page
-    lines indented four more."""
-    from rich.text import Text
-    from rich.tree import Tree
-
-    def styled(line: str) -> Text:
-        t = Text(line)
-        for pattern, style in _DUMP_STYLES:
-            t.highlight_regex(pattern, style)
-        return t
-
-    top = Tree("", hide_root=True, guide_style="green")
-    # Per node: its tree entry, its depth, and its label lines (node line, then page lines).
-    stack: list[tuple[Any, int]] = [(top, -1)]
-    labels: list[tuple[Any, list[str]]] = []
-    for line in text.splitlines():
-        stripped = line.lstrip(" ")
-        indent = len(line) - len(stripped)
-        if stripped.startswith("#"):
-            if indent % 2:
-                return None
-            depth = indent // 2
-            while stack[-1][1] >= depth:
-                stack.pop()
-            if stack[-1][1] != depth - 1:
-                return None
-            node = stack[-1][0].add("")
-            stack.append((node, depth))
-            labels.append((node, [stripped]))
-        elif labels:
-            labels[-1][1].append("  " + stripped)
-        else:
-            return None
-    for node, lines in labels:
-        node.label = styled("\n".join(lines))
-    return top
-
-
-class RichOutput:
-    """Panels, rules, syntax-highlighted transcripts and tables from `rich`."""
-
-    def __init__(self, *, force_terminal: bool | None = None) -> None:
-        from rich.console import Console
-
-        # No ``file``: rich writes to whatever sys.stdout is at the time (pytest's capture too).
-        self.console = Console(force_terminal=force_terminal, highlight=False)
-
-    def banner(self, title: str, text: str) -> None:
-        from rich.markdown import Markdown
-        from rich.panel import Panel
-
-        self.console.print(Panel(Markdown(text), title=f"[bold]{title}", border_style="cyan"))
-
-    def step(self, index: int, total: int, title: str) -> None:
-        self.console.print()
-        self.console.rule(f"[bold cyan]Step {index}/{total}[/] [bold]{title}", style="cyan")
-
-    def say(self, text: str) -> None:
-        from rich.markdown import Markdown
-
-        self.console.print(Markdown(textwrap.dedent(text).strip()))
-
-    def transcript(self, text: str) -> None:
-        from rich.panel import Panel
-        from rich.syntax import Syntax
-
-        syntax = Syntax(text, "pycon", theme="ansi_dark", background_color="default",
-                        word_wrap=True)
-        self.console.print(Panel(syntax, title="python", title_align="left",
-                                 border_style="blue"))
-
-    def tree(self, title: str, text: str) -> None:
-        from rich.panel import Panel
-        from rich.text import Text
-
-        body: Any = _rich_tree(text)
-        if body is None:  # not the shape we know: show the text as it is
-            body = Text(text)
-            for pattern, style in _DUMP_STYLES:
-                body.highlight_regex(pattern, style)
-        self.console.print(Panel(body, title=title, title_align="left", border_style="green"))
-
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
-              caption: str = "") -> None:
-        from rich.table import Table
-
-        t = Table(title=title, title_justify="left", caption=caption or None,
-                  caption_justify="left")
-        for i, c in enumerate(columns):
-            t.add_column(c, justify="right" if i >= 2 else "left", no_wrap=i < 2)
-        for r in rows:
-            t.add_row(*r)
-        self.console.print(t)
-
-    def ok(self, text: str) -> None:
-        self.console.print(f"[bold green]\u2713[/] {text}")
-
-    def problem(self, title: str, text: str) -> None:
-        from rich.panel import Panel
-        from rich.text import Text
-
-        self.console.print(Panel(Text(text), title=f"[bold red]{title}", border_style="red"))
-
-    def ask(self, prompt: str) -> str:
-        return self.console.input(f"[dim]{prompt}[/]")
-
-
-def make_output(plain: bool, force_rich: bool) -> Output:
-    """``--plain`` wins; otherwise rich, unless stdout is not a terminal (a pipe, a file, a
-    test's capture), where plain text is what a reader of the log wants. ``--rich`` forces
-    styled output anyway (for ``| less -R``)."""
-    if plain:
-        return PlainOutput()
-    if force_rich:
-        return RichOutput(force_terminal=True)
-    if not _isatty(sys.stdout):
-        return PlainOutput()
-    try:
-        return RichOutput()
-    except ImportError:  # rich is a declared dependency, but a broken install should still run
-        return PlainOutput()
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-# ---------------------------------------------------------------------------- the demo
+from vmo.cli.output import Output, isatty, make_output
 
 
 class DemoError(Exception):
@@ -835,7 +571,7 @@ def step_mapping(demo: Demo) -> None:
         The snapshot kept "PAGE 0" while the mapping's store forked the page for `v`.
         Unmapping keeps every store in the VMO; any access after it fails with
         `ERR_BAD_STATE`, never a crash or a hang. (Workloads in other processes can map VMOs
-        too and touch them with plain loads and stores: see `vmo.pager.remote`.)
+        too and touch them with plain loads and stores: see `vmo.mmu.workload`.)
         """)
 
 
@@ -891,7 +627,7 @@ def step_cleanup(demo: Demo) -> None:
 
 
 def _mapping_unavailable() -> str | None:
-    from vmo.pager.fault_handler import unavailable_reason
+    from vmo.mmu.fault_handler import unavailable_reason
 
     return unavailable_reason()
 
@@ -939,7 +675,7 @@ def run_demo(out: Output, *, pause: bool = False,
     ``start_at``: the name of the first step to show; the steps before it run quietly (each
     step builds on the state the previous ones left), still validated. ``pictures``: a
     directory (`pathlib.Path`) that receives an SVG of the hierarchy after each shown step
-    (`vmo._demo_pictures`; the caller checks that Graphviz is there).
+    (`vmo.cli.demo_pictures`; the caller checks that Graphviz is there).
     """
     from vmo import InvariantError
 
@@ -984,9 +720,9 @@ def run_demo(out: Output, *, pause: bool = False,
             demo.show_stats()
             demo.validate()
             if pictures is not None and "k" in demo.ns and not demo.k.closed:
-                from vmo import _demo_pictures
+                import vmo.cli.demo_pictures as demo_pictures
 
-                path = _demo_pictures.draw(demo.k, pictures, i, step.name)
+                path = demo_pictures.draw(demo.k, pictures, i, step.name)
                 drawn += 1
                 out.say(f"Picture of the hierarchy: `{path}`")
     except DemoQuit:
@@ -1008,10 +744,7 @@ def run_demo(out: Output, *, pause: bool = False,
     return 0
 
 
-# ---------------------------------------------------------------------------- subcommands
-
-
-def _add_demo(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="a narrated tour of the VMO model (snapshots, copy-on-write, slices, ...)",
         description="Walk through Zircon's VMO model step by step on a small in-process "
@@ -1046,149 +779,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     pictures = None
     if args.pictures is not None:
-        from vmo import _demo_pictures
+        import vmo.cli.demo_pictures as demo_pictures
 
-        why_not = _demo_pictures.missing_graphviz()
+        why_not = demo_pictures.missing_graphviz()
         if why_not is not None:
             print(f"vmo demo --pictures: cannot draw pictures: {why_not}", file=sys.stderr)
             return 2
         try:
-            pictures = _demo_pictures.prepare(args.pictures)
+            pictures = demo_pictures.prepare(args.pictures)
         except OSError as e:
             print(f"vmo demo --pictures: cannot write to {args.pictures!r}: {e}",
                   file=sys.stderr)
             return 2
     out = make_output(args.plain, args.rich)
-    return run_demo(out, pause=args.step and _isatty(sys.stdin), start_at=args.start,
+    return run_demo(out, pause=args.step and isatty(sys.stdin), start_at=args.start,
                     pictures=pictures)
 
 
-def _add_fuzz(sub: Any) -> None:
-    p = sub.add_parser(
-        "fuzz", help="fuzz the core against the oracle state machine; --mutants checks that "
-                     "the fuzzer catches deliberately broken cores",
-        description="Run the oracle state machine (vmo.testing) for a time or a number of "
-                    "steps with a live display of what it exercised. On failure the shrunk "
-                    "program is printed and saved as a pytest file. With --mutants, run a "
-                    "campaign against each deliberately broken core in fuzz/mutants/ and "
-                    "print which were killed. See docs/fuzzing.md.")
-    p.add_argument("--time", type=float, metavar="SECONDS",
-                   help="run for SECONDS (default 60 unless --steps is given; with --mutants, "
-                        "the budget of each mutant)")
-    p.add_argument("--steps", type=int, metavar="N", help="stop after N rule calls")
-    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
-                   help="processes sharing the example database (with --mutants: mutants run "
-                        "at a time)")
-    p.add_argument("--seed", type=int, help="hypothesis seed (default: random, printed)")
-    p.add_argument("--db", metavar="PATH", default=".hypothesis/vmo-fuzz",
-                   help="example database directory shared by jobs and later runs "
-                        "(default: %(default)s)")
-    p.add_argument("--no-db", action="store_true", help="use no example database")
-    p.add_argument("--machine", metavar="MODULE:CLASS",
-                   help="the state machine to fuzz (default vmo.testing.machine:VmoStateMachine)")
-    p.add_argument("--program-steps", type=int, metavar="N",
-                   help="rule calls per program (hypothesis stateful_step_count; default 50)")
-    p.add_argument("--failures-dir", metavar="DIR", default="fuzz/failures",
-                   help="where a failing program is saved as test_repro_<seed>.py "
-                        "(default: %(default)s)")
-    style = p.add_mutually_exclusive_group()
-    style.add_argument("--plain", action="store_true", help="plain status lines, no live panel")
-    style.add_argument("--rich", action="store_true",
-                       help="the live panel even when stdout is not a terminal")
-    p.add_argument("--mutants", action="store_true",
-                   help="run a campaign against every mutant of fuzz/mutants/ (one subprocess "
-                        "each) and print the table")
-    p.add_argument("--mutant", metavar="NAME", action="append",
-                   help="with --mutants: only these (repeat); alone: fuzz with this mutant "
-                        "applied")
-    p.add_argument("--list-mutants", action="store_true", help="list the mutants and exit")
-    p.add_argument("--mutants-dir", metavar="DIR",
-                   help="the mutant catalogue (default: fuzz/mutants of this checkout)")
-    p.add_argument("--robust", action="store_true",
-                   help="run the robustness campaign instead (bad input, injected faults, "
-                        "threads, killed workloads, leaks) for --time seconds; see "
-                        "docs/robustness.md")
-    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_fuzz)
 
-
-def _cmd_fuzz(args: argparse.Namespace) -> int:
-    if args.robust:
-        from vmo.testing import robust
-
-        return robust.main(60.0 if args.time is None else args.time, args.seed)
-    from vmo.testing.console import fuzz_command
-
-    return fuzz_command(args)
-
-
-def _add_swap(sub: Any) -> None:
-    from vmo.pager.swap.cli import add_parser
-
-    add_parser(sub)
-
-
-def _add_trace(sub: Any) -> None:
-    from vmo.trace_cli import add_parser
-
-    add_parser(sub)
-
-
-def _add_explore(sub: Any) -> None:
-    from vmo.explore.cli import add_parser
-
-    add_parser(sub)
-
-
-# Every subcommand, in --help order: each adder declares a parser and sets ``func``.
-# - ``vmo bench`` (bench/bench_core.py): add ``_add_bench`` here.
-_SUBCOMMANDS: list[Callable[[Any], None]] = [
-    _add_demo,
-    _add_fuzz,
-    _add_swap,
-    _add_trace,
-    _add_explore,
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from vmo import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="vmo",
-        description="Zircon's VMO model (copy-on-write hierarchy, pagers, swap) over real "
-                    "memory.")
-    parser.add_argument("--version", action="version",
-                        version=f"vmo {__version__} (Python {sys.version.split()[0]})")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in _SUBCOMMANDS:
-        add(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``vmo`` console script and of ``python -m vmo``."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error already reported by argparse
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader went away (``vmo demo | head``): stop quietly, and keep the interpreter's
-        # final flush from complaining about the same pipe.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        return 1
-
-
-__all__ = ["DEMO_STEPS", "Demo", "DemoStep", "build_parser", "main", "run_demo"]
+__all__ = ["DEMO_STEPS", "Demo", "DemoError", "DemoStep", "add_parser", "run_demo"]
