@@ -241,6 +241,9 @@ class MutantResult:
     elapsed: float = 0.0  #: seconds, shrinking included
     steps: int = 0  #: rule calls the campaign ran
     repro_path: str | None = None
+    #: Programs that passed before the killing one (0: the first program killed it, e.g. one
+    #: replayed from the example database).
+    programs_before: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -250,7 +253,7 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
                machine: type | None = None, settings: Any = None,
                repro_dir: str | os.PathLike[str] | None = None,
                progress: Callable[[Any], None] | None = None,
-               shrink_seconds: float | None = 60.0) -> MutantResult:
+               shrink_seconds: float | None = 60.0, database: Any = None) -> MutantResult:
     """Fuzz ``machine`` with ``mutant`` applied, in this process, and judge the outcome.
 
     A program that fails counts as a kill only if it passes on the unmutated core (`replay`):
@@ -263,6 +266,10 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
 
     The verdict is "killed", "survived", "stale" (the target text is gone), "false kill" (only
     independent failures were found) or "error: ...".
+
+    With a ``database`` (anything `vmo.testing.run.run` takes), programs stored there are
+    replayed first and the killing program is stored: a fleet of campaigns against the same
+    mutant shares its kills (``vmo fuzz --mutant NAME --db redis://...``).
     """
     from hypothesis import Phase
 
@@ -280,7 +287,10 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         import random
 
         seed = random.SystemRandom().randrange(2**32)
-    no_shrink = {"phases": (Phase.explicit, Phase.generate, Phase.target)}
+    phases = (Phase.explicit, Phase.generate, Phase.target)
+    if database is not None:
+        phases = (Phase.explicit, Phase.reuse, *phases[1:])
+    no_shrink = {"phases": phases}
     overrides = no_shrink if settings is None else {**dict(settings), **no_shrink}
     start = time.monotonic()
     steps = 0
@@ -295,7 +305,7 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         offset = time.monotonic() - start
         with mutant.applied():
             result = run(machine, seconds=left, seed=seed + attempt, settings=overrides,
-                         progress=progress, probes=False)
+                         progress=progress, probes=False, database=database)
         steps += result.steps
         f = result.failure
         if f is None:
@@ -340,7 +350,8 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         summary += f" (after {len(independent)} independent failure(s): {independent[0]})"
     return MutantResult(mutant.name, True, "killed", time_to_kill=kill_time,
                         program_steps=kill.program_steps, failure=summary,
-                        elapsed=time.monotonic() - start, steps=steps, repro_path=repro_path)
+                        elapsed=time.monotonic() - start, steps=steps, repro_path=repro_path,
+                        programs_before=kill.programs_before)
 
 
 def _setup(machine: type) -> Any:

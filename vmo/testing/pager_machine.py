@@ -113,8 +113,8 @@ class PagerStateMachine(VmoStateMachine):
     # stay (anonymous VMOs share the arena and the page queues with pager-backed ones), so
     # that the pager's rules get most of the steps. A rule is switched off by shadowing it with
     # a plain method (still callable by the rules that remain).
-    for _name in ("set_size", "op_range", "lock_op", "use_maybe_closed", "pin", "unpin",
-                  "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
+    for _name in ("set_size", "op_range", "lock_op", "use_maybe_closed", "bad_call", "pin",
+                  "unpin", "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
                   "create_child", "cow_step"):
         if hasattr(VmoStateMachine, _name):
             locals()[_name] = not_a_rule(getattr(VmoStateMachine, _name))
