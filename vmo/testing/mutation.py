@@ -213,16 +213,21 @@ def replay(program: str, machine: type) -> BaseException | None:
     if lines and lines[-1].strip() == "state.teardown()":
         lines = lines[:-1]
     ns: dict[str, Any] = {machine.__name__: machine}
+    raised: BaseException | None = None
     try:
         exec(compile("\n".join(lines), "<program>", "exec"), ns)  # noqa: S102
     except BaseException as e:  # noqa: BLE001 - the answer
-        return e
-    finally:
-        state = ns.get("state")
-        if state is not None:
-            with contextlib.suppress(Exception):
-                state.teardown()
-    return None
+        raised = e
+    state = ns.get("state")
+    if state is not None:
+        # Teardown checks what the last steps changed (machines that check incrementally run
+        # their full checks there): a failure there is the program's, unless it already had one.
+        try:
+            state.teardown()
+        except Exception as e:  # noqa: BLE001 - the answer
+            if raised is None:
+                raised = e
+    return raised
 
 
 # ---------------------------------------------------------------------------- running
@@ -287,7 +292,7 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         import random
 
         seed = random.SystemRandom().randrange(2**32)
-    phases = (Phase.explicit, Phase.generate, Phase.target)
+    phases: tuple[Phase, ...] = (Phase.explicit, Phase.generate, Phase.target)
     if database is not None:
         phases = (Phase.explicit, Phase.reuse, *phases[1:])
     no_shrink = {"phases": phases}

@@ -132,8 +132,12 @@ class PagerStateMachine(VmoStateMachine):
         self.slices: list[Any] = []  # slices kept open by aow_of_slice (closed with the kernel)
 
     def teardown(self) -> None:
-        super().teardown()
-        os.close(self.disk_fd)
+        if self.__dict__.get("_torn_down"):
+            return
+        try:
+            super().teardown()
+        finally:
+            os.close(self.disk_fd)
 
     # ------------------------------------------------------------------ the pager's part
 
@@ -186,9 +190,13 @@ class PagerStateMachine(VmoStateMachine):
             if e.status not in allowed:
                 raise Mismatch(f"{what} koid {node.real.koid}: unexpected {e}") from e
             self._count(f"{what}:failed")
+            if self.rule_outcome is None:
+                self.rule_outcome = False
             return e
         finally:
             self.fail_next = None
+        if self.rule_outcome is None:
+            self.rule_outcome = True
         return result
 
     def _sync_own(self, node: PNode, first: int, end: int) -> None:
@@ -312,6 +320,40 @@ class PagerStateMachine(VmoStateMachine):
             self._sync_own(v, first, end)
             return
         self._apply_write(v, offset, data)
+
+    @rule(v=pvmos, at=vs.aligned_positions(), npages=st.integers(1, 4),
+          write_first=st.booleans(), twice=st.booleans(), seed=vs.seeds)
+    def supply_unasked(self, v: PNode, at: tuple[int, int], npages: int, write_first: bool,
+                       twice: bool, seed: int) -> None:
+        """The pager supplies a range of ``v``'s root that nobody asked for, from the disk: a
+        prefetch over a range partly present, or the answer to a request that arrives after
+        the page was written (a supply racing with a write: with ``write_first``, a page of
+        the range is written just before the supply, whose bytes were read from the disk
+        before the write). With ``twice`` the same range is supplied again, every page present
+        by then. Present pages keep their content (seed: ``SupplyPagesLocked``); absent pages
+        get the disk's bytes, which is what they read as anyway: the content must not
+        change."""
+        root = v.the_root()
+        if root.closed or root.detached or root.size < P:
+            return
+        offset = min(vs.resolve(at, root.size), root.size - P) // P * P
+        length = min(npages * P, root.size - offset)
+        stale = bytes(root.disk[offset:offset + length]).ljust(length, b"\0")
+        if write_first:
+            woff = offset + (seed % (length // P)) * P
+            data = vs.payload(seed, P)
+            result = self._call("pager:write", root, lambda: root.real.write(data, woff))
+            if isinstance(result, ZxError):
+                return
+            self._apply_write(root, woff, data)
+        for _ in range(2 if twice else 1):
+            aux = self.k.vmo_create(length)
+            try:
+                aux.write(stale)
+                self._call("pager:supply_unasked", root,
+                           lambda a=aux: self.pager.supply_pages(root.real, offset, length, a, 0))
+            finally:
+                aux.close()
 
     def _apply_zero(self, v: PNode, offset: int, length: int) -> None:
         """ZERO of a root: the bytes become zeros. A page whose bytes in the range were zeros

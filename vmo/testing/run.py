@@ -453,7 +453,15 @@ def _instrument(machine: type[RuleBasedStateMachine], campaign: _Campaign) -> ty
                 campaign.progress(campaign.snapshot())
         campaign.stats["programs"] += 1
         campaign.validate_seconds += getattr(self, "step_time_validate", 0.0)
-        machine.teardown(self)
+        try:
+            machine.teardown(self)
+        except Exception as e:
+            # Machines may check at teardown (the end of the program): a failure there is the
+            # program's, and the budget must not stop hypothesis from shrinking it.
+            if campaign.failing_since is None and not isinstance(e, HypothesisException):
+                campaign.failing_since = time.monotonic()
+                campaign.programs_before_failure = campaign.stats["programs"] - 1
+            raise
 
     ns: dict[str, Any] = _counted_rules(machine, campaign.stats)
     ns |= {
@@ -480,8 +488,10 @@ def _counted_rules(machine: type[RuleBasedStateMachine], stats: Counter[str]) ->
 
     from hypothesis.stateful import RULE_MARKER
 
-    error_rules = frozenset(getattr(machine, "error_rules", ()))
     out: dict[str, Any] = {}
+    if not hasattr(machine, "rule_outcome"):
+        return out  # a machine that does not say which calls did real work
+    error_rules = frozenset(getattr(machine, "error_rules", ()))
     for name, member in inspect.getmembers(machine):
         rule = getattr(member, RULE_MARKER, None)
         if rule is None:
@@ -524,7 +534,7 @@ def rule_shares(stats: Mapping[str, int]) -> list[dict[str, Any]]:
     """Per rule: calls, calls that did real work and their share, most called first. Rules
     that exist to make bad calls (``error_rules``) have ``"bad": True`` and count the calls
     that failed as they should."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, calls in stats.items():
         prefix, _, name = key.partition(":")
         if prefix not in ("rule", "bad") or ":" in name or not calls:
