@@ -652,6 +652,68 @@ class VmoStateMachine(RuleBasedStateMachine):
             return multiple()
         return child
 
+    @rule(target=vmos, npages=st.integers(3, vs.MAX_PAGES), at=st.integers(1, 999),
+          window=st.integers(1, 3), keep=st.integers(0, 2), seed=vs.seeds)
+    def fresh_partial_release(self, npages: int, at: int, window: int, keep: int,
+                              seed: int) -> Any:
+        """A new VMO full of distinct bytes, a backup snapshot of all of it, a window snapshot,
+        and a shrink below the window: the hole between ``keep`` and the window is a partial
+        release over pages the hidden node holds (`snapshot_then_shrink` on a VMO that has
+        its pages, which the bundles draw rarely once trees grow)."""
+        ov = self.filled(npages, True, seed)
+        if not isinstance(ov, OVmo):
+            return multiple()
+        made = self.snapshot_then_shrink(ov, (at, 0), window, keep, True)
+        return multiple(ov, *made.values)
+
+    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
+          seed=vs.seeds)
+    def zero_snapshot_merge(self, v: OVmo, at: tuple[int, int], npages: int,
+                            seed: int) -> Any:
+        """Snapshot ``v`` and ZERO pages of the snapshot (zero markers over ``v``'s pages);
+        snapshot that twice (the markers move into a hidden node, which gets a hidden node
+        below it), perhaps write a page of it, and close the first of the two at once: the
+        hidden node holding the markers merges into the hidden node below (the merge's
+        general path), and the markers must survive it, or the snapshot would see ``v``'s
+        bytes again."""
+        v = self._fit(v, "clonable")
+        child = self._create_child(v, "snapshot", 0, v.size, True, False)
+        if not isinstance(child, OVmo):
+            return multiple()
+        offset = min(vs.resolve(at, child.size), max(0, child.size - PAGE_SIZE))
+        length = max(0, min(npages * PAGE_SIZE, child.size - offset))
+        self.op_range_checked(child, "ZERO", offset, length)
+        backup = self._create_child(child, "snapshot", 0, child.size, False, False)
+        inner = self._create_child(child, "snapshot", 0, child.size, False, False)
+        if child.size and seed % 2:
+            woff = (offset + length) % child.size if seed % 3 else offset
+            self._write_at(child, woff, vs.payload(seed, min(64, child.size - woff)))
+        if isinstance(backup, OVmo):
+            self.close(backup)
+        return multiple(*(x for x in (child, inner) if isinstance(x, OVmo)))
+
+    @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
+          zero_first=st.booleans())
+    def pin_then_dedup(self, v: OVmo, at: tuple[int, int], npages: int,
+                       zero_first: bool) -> Any:
+        """Pin pages that read as zeros (ZERO them first, or pin where nothing was committed:
+        the pin commits zero pages) and run the zero-page scanner: a pinned page stays, a
+        device may be using it."""
+        v = self._fit(v, "pinnable")
+        pages = v.size // PAGE_SIZE
+        npages = max(1, min(npages, pages))
+        offset = min(vs.resolve(at, v.size), max(0, pages - npages) * PAGE_SIZE)
+        if zero_first and v.writable:
+            self.op_range_checked(v, "ZERO", offset, npages * PAGE_SIZE)
+        status, opin = self.oracle.pin(v, offset, npages * PAGE_SIZE, False)
+        real = self.expect("pin", status,
+                           lambda: self.real[v.koid].pin(offset, npages * PAGE_SIZE, False))
+        self.kernel_op("dedup")
+        if opin is None or real is None:
+            return multiple()
+        self.real_pins[id(opin)] = real
+        return opin
+
     @rule(v=vmos, at=vs.aligned_positions(), seed=vs.seeds)
     def shrink_regrow_write(self, v: OVmo, at: tuple[int, int], seed: int) -> None:
         """Shrink ``v``, grow it back, and write a few bytes into the regrown tail: the rest of
@@ -693,19 +755,33 @@ class VmoStateMachine(RuleBasedStateMachine):
         self._lock_op(d, "UNLOCK", True)
 
     @rule(first=discardables, second=discardables, target_pages=st.sampled_from([1, 2]),
-          seed=vs.seeds)
-    def reclaim_order(self, first: OVmo, second: OVmo, target_pages: int, seed: int) -> None:
+          seed=vs.seeds, relock_first=st.booleans())
+    def reclaim_order(self, first: OVmo, second: OVmo, target_pages: int, seed: int,
+                      relock_first: bool = False) -> None:
         """Unlock two discardable VMOs in a known order, each holding a page, then reclaim a
         page or two: the older unlock goes first (the seed's reclaim list is in unlock order),
         which only a small reclaim with two candidates can show (drawn twice, the one VMO
-        goes alone)."""
+        goes alone, or with ``relock_first`` with a new one). With ``relock_first`` the first
+        is locked and unlocked again, which must move it behind the second."""
         first, second = self._fit(first, "discardable"), self._fit(second, "discardable")
+        if first is second and relock_first:
+            # One discardable VMO drawn twice: a second one, of one page, for the order.
+            other = self.create(PAGE_SIZE, False, True)
+            if isinstance(other, OVmo):
+                second = other
         for d in dict.fromkeys((first, second)):
             self._lock_op(d, "LOCK", True)
             if d.size:
                 self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
         for d in dict.fromkeys((first, second)):
             self._lock_op(d, "UNLOCK", True)
+        if relock_first and first is not second:
+            # Used again: now ``second`` is the one unlocked longest ago. No reclaim in this
+            # step: the invariants see the order first (the reclaim would take ``second``
+            # either way, list order and unlock times agreeing or not); later rules reclaim.
+            self._lock_op(first, "LOCK", True)
+            self._lock_op(first, "UNLOCK", True)
+            return
         self.kernel_op(target_pages)
 
     @rule(target_pages=st.sampled_from([1, 2, 1 << 20]),

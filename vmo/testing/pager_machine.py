@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, consumes, invariant, multiple, rule
 
 from vmo.errors import Status, ZxError
-from vmo.page_list import EMPTY
+from vmo.page_list import EMPTY, MARKER
 from vmo.pager.source import PageRequestCommand
 from vmo.pager.user_pager import (
     WRITEBACK_BEGIN_ZERO_RANGE,
@@ -252,10 +252,22 @@ class PagerStateMachine(VmoStateMachine):
         CreateCloneLocked), it sees no more of ``v`` than the slice does, however far past
         the slice it reaches. The slice is closed at once unless ``keep_slice`` (it owns no
         pages; the clone hangs above it either way)."""
-        if v.closed:
-            return multiple()
+        if v.closed or v.resizable:
+            # A slice needs a parent that is not resizable: the next open one (a slice of a
+            # resizable VMO is an error the bad-input tests cover), else the error path.
+            fixed = [n for n in self.pnodes if not n.closed and not n.resizable
+                     and n.real.koid > v.real.koid]
+            fixed = fixed or [n for n in self.pnodes if not n.closed and not n.resizable]
+            if fixed:
+                v = fixed[0]
+            elif v.closed:
+                return multiple()
         sl_off = min(vs.resolve(slice_at, v.size), max(0, v.size - P)) // P
         sl_pages = min(slice_pages, v.size // P - sl_off)
+        content_end = len(v.the_root().content.rstrip(b"\0")) // P  # pages with data below
+        if sl_off + 1 < content_end:
+            # End the slice where the parent still has data past it, for the clone to reach.
+            sl_pages = min(sl_pages, content_end - sl_off - 1)
         if sl_pages <= 0:
             return multiple()
         if v.resizable:
@@ -267,6 +279,10 @@ class PagerStateMachine(VmoStateMachine):
                                                      sl_pages * P))
         assert sl is not None
         offset = vs.resolve(at, sl_pages * P)
+        # The clone reaches past the end of the slice (what only a clone made on the slice's
+        # own node keeps from seeing: the parent's pages there); clones inside a window are
+        # `aow_child`'s.
+        npages = max(npages, (sl_pages * P - min(offset, sl_pages * P)) // P + 1)
         c = self.expect("pager:aow", None,
                         lambda: sl.create_child(ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE, offset,
                                                 npages * P))
@@ -320,6 +336,39 @@ class PagerStateMachine(VmoStateMachine):
             self._sync_own(v, first, end)
             return
         self._apply_write(v, offset, data)
+
+    @rule(v=pvmos, at=vs.aligned_positions(), npages=st.integers(1, 4))
+    def zero_supplied_markers(self, v: PNode, at: tuple[int, int], npages: int) -> None:
+        """Supply pages of ``v``'s root past the end of its disk from the file (they arrive as
+        clean zero markers, `supply_pages_from_fd`), then ZERO them: a marker already reads
+        as zeros, so the ZERO must leave it clean (seed: ``ZeroPagesLocked``), and the dirty
+        ranges must not report it."""
+        root = v.the_root()
+        if root.closed or root.detached or root.size < P:
+            return
+        disk_end = (len(root.disk) + P - 1) // P * P
+        if disk_end >= root.size:
+            return
+        offset = min(max(disk_end, vs.resolve(at, root.size) // P * P), root.size - P)
+        length = min(npages * P, root.size - offset)
+        os.ftruncate(self.disk_fd, 0)  # the file ends before ``offset``: every page a marker
+        result = self._call("pager:supply_markers", root,
+                            lambda: self.pager.supply_pages_from_fd(root.real, offset, length,
+                                                                    self.disk_fd, 0))
+        if isinstance(result, ZxError):
+            return
+        first, end = offset // P, (offset + length) // P
+        # Pages that were absent are markers now; present ones kept what they had.
+        cow = root.real.cow
+        with root.real._hier.lock:
+            root.markers.update(p for p in range(first, end)
+                                if cow.page_list.get(p) == MARKER and p not in root.must_dirty)
+        result = self._call("pager:ZERO", root,
+                            lambda: root.real.op_range(VmoOp.ZERO, offset, length))
+        if isinstance(result, ZxError):
+            root.may_dirty.update(p for p in range(first, end) if p not in root.markers)
+            return
+        self._apply_zero(root, offset, length)
 
     @rule(v=pvmos, at=vs.aligned_positions(), npages=st.integers(1, 4),
           write_first=st.booleans(), twice=st.booleans(), seed=vs.seeds)
