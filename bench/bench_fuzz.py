@@ -17,10 +17,14 @@ followed by the invariants as hypothesis runs them. It reports:
 - the share of that time spent in `validate` (the machine's ``step_time_validate``) and in
   the content comparison,
 - the baseline: the same steps with no checks (``validate_every_step`` and
-  ``compare_every_step`` off), measured in the same run, and the ratio.
+  ``compare_every_step`` off), measured in the same run, and the ratio;
+- the same steps with incremental checks (``incremental_checks``: after most steps only the
+  hierarchies whose generation moved are validated and compared, everything every
+  ``full_check_every`` steps and after pins, lock ops and reclaim), and its speed-up over
+  checking everything after every step.
 
-The last row is a real ``vmo.testing.run`` campaign (hypothesis generating programs, 16-page
-VMOs) for comparison.
+The last rows are real ``vmo.testing.run`` campaigns (hypothesis generating programs, 16-page
+VMOs, the same seed) with full and with incremental checks.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class Row:
     validate: float  # seconds inside validate
     compare: float  # seconds inside contents_match
     bare: float  # seconds, no checks
+    incremental: float  # seconds, incremental checks
 
     @property
     def sps(self) -> float:
@@ -61,6 +66,10 @@ class Row:
     @property
     def sps_bare(self) -> float:
         return self.steps / self.bare
+
+    @property
+    def sps_incremental(self) -> float:
+        return self.steps / self.incremental
 
 
 class _Timed(VmoStateMachine):
@@ -116,13 +125,15 @@ def _check(state: VmoStateMachine) -> None:
 
 
 def measure(depth: int, pages: int, steps: int, seed: int = 1) -> Row:
-    times = {}
+    times: dict[str, float] = {}
     validate = compare = 0.0
-    for checked in (True, False):
+    for mode in ("full", "bare", "incremental"):
+        checked = mode != "bare"
         rng = random.Random(seed)
         state = _Timed()
         state.validate_every_step = checked
         state.compare_every_step = checked
+        state.incremental_checks = mode == "incremental"
         try:
             chain = _build(state, depth, pages, rng)
             gc.collect()
@@ -130,12 +141,19 @@ def measure(depth: int, pages: int, steps: int, seed: int = 1) -> Row:
             for _ in range(steps):
                 _step(state, chain, rng)
                 _check(state)
-            times[checked] = time.perf_counter() - t0
-            if checked:
+            times[mode] = time.perf_counter() - t0
+            if mode == "full":
                 validate, compare = state.step_time_validate, state.compare_seconds
         finally:
             state.teardown()
-    return Row(depth, pages, steps, times[True], validate, compare, times[False])
+    return Row(depth, pages, steps, times["full"], validate, compare, times["bare"],
+               times["incremental"])
+
+
+class FullChecks(VmoStateMachine):
+    """The machine as it was: every check in full after every step."""
+
+    incremental_checks = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,18 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     steps = 60 if args.quick else 300
     rows = [measure(d, p, steps) for p in sizes for d in depths]
     seconds = args.campaign_seconds or (3.0 if args.quick else 15.0)
+    full = run(FullChecks, seconds=seconds, seed=1)
     camp = run(seconds=seconds, seed=1)
     header = ("depth", "pages", "steps/s checked", "validate", "compare", "steps/s bare",
-              "bare/checked")
+              "bare/checked", "steps/s incremental", "incremental/checked")
     table = [(str(r.depth), str(r.pages), f"{r.sps:,.0f}", f"{r.validate / r.checked:.0%}",
               f"{r.compare / r.checked:.0%}", f"{r.sps_bare:,.0f}",
-              f"{r.sps_bare / r.sps:.1f}x") for r in rows]
-    table.append(("campaign", "<=16", f"{camp.steps_per_second:,.0f}",
-                  f"{camp.validate_share:.0%}", "-", "-", "-"))
+              f"{r.sps_bare / r.sps:.1f}x", f"{r.sps_incremental:,.0f}",
+              f"{r.sps_incremental / r.sps:.2f}x") for r in rows]
+    table.append(("campaign", "<=16", f"{full.steps_per_second:,.0f}",
+                  f"{full.validate_share:.0%}", "-", "-", "-", f"{camp.steps_per_second:,.0f}",
+                  f"{camp.steps_per_second / max(full.steps_per_second, 1e-9):.2f}x"))
     caption = (f"{steps} steps per row after building the chain; every check after every step "
-               f"(contents_match, validate, structure_matches). Campaign: vmo.testing.run for "
-               f"{seconds:g} s, {camp.steps:,} steps in {camp.programs:,} programs, deepest "
-               f"hierarchy {camp.stats['max_depth']}.")
+               f"(contents_match, validate, structure_matches), or incremental checks. "
+               f"Campaigns: vmo.testing.run for {seconds:g} s each, seed 1: full checks "
+               f"{full.steps:,} steps in {full.programs:,} programs, incremental "
+               f"{camp.steps:,} steps in {camp.programs:,} programs, deepest hierarchy "
+               f"{camp.stats['max_depth']}, widest {camp.stats['max_width']} live VMOs.")
     try:
         if _report.plain(args.plain):
             raise ImportError

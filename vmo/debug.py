@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from vmo.kernel import Kernel
     from vmo.vm_object import Vmo
 
-__all__ = ["validate", "dump", "to_dot", "ABSENT"]
+__all__ = ["validate", "ValidateCache", "dump", "to_dot", "ABSENT"]
 
 
 def _fail(node: CowPages | None, off: int | None, what: str) -> InvariantError:
@@ -30,8 +30,44 @@ def _fail(node: CowPages | None, off: int | None, what: str) -> InvariantError:
     return InvariantError(f"{where}: {what}")
 
 
-def validate(k: Kernel) -> None:
-    """Check every invariant of every hierarchy of ``k``; raise `InvariantError` if one breaks."""
+class ValidateCache:
+    """What `validate` found for each hierarchy, by the hierarchy's ``generation``.
+
+    Given to `validate`, a hierarchy whose generation has not changed since the cache saw it
+    valid is not walked again: its frames, attribution and uncharged pages are taken from the
+    cache into the kernel-wide checks (frame accounting, attribution sums, discardable lists,
+    live VMOs), which always run in full. For fuzzers that validate after every step, most of
+    which touch one tree; they still call `validate` without the cache every few steps, since
+    the cache trusts that whatever changes a tree bumps its generation."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Hierarchy, int, dict[int, tuple[CowPages, int]],
+                                       dict[CowPages, int], int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def _get(self, hier: Hierarchy) -> tuple[dict[int, tuple[CowPages, int]],
+                                             dict[CowPages, int], int] | None:
+        entry = self._entries.get(id(hier))
+        if entry is None or entry[0] is not hier or entry[1] != hier.generation:
+            return None
+        return entry[2], entry[3], entry[4]
+
+    def _put(self, hier: Hierarchy, frames: dict[int, tuple[CowPages, int]],
+             attribution: dict[CowPages, int], uncharged: int) -> None:
+        self._entries[id(hier)] = (hier, hier.generation, frames, attribution, uncharged)
+
+    def _keep_only(self, hiers: list[Hierarchy]) -> None:
+        live = {id(h) for h in hiers}
+        for key in [k for k in self._entries if k not in live]:
+            del self._entries[key]
+
+
+def validate(k: Kernel, cache: ValidateCache | None = None) -> None:
+    """Check every invariant of every hierarchy of ``k``; raise `InvariantError` if one breaks.
+
+    With a `ValidateCache`, hierarchies that did not change since the cache last saw them
+    valid are not walked again (the kernel-wide checks still run in full)."""
     if k.closed:
         return
     pmm = k.pmm
@@ -39,10 +75,34 @@ def validate(k: Kernel) -> None:
     live_vmos = k.live_vmos()
     total_attributed = 0
     uncharged = 0
-    for hier in k.hierarchies():
+    hierarchies = k.hierarchies()
+    for hier in hierarchies:
         with hier.lock:
+            cached = cache._get(hier) if cache is not None else None
+            if cached is not None:
+                cache.hits += 1  # type: ignore[union-attr]
+                frames, attribution, hier_uncharged = cached
+                for frame, (node, off) in frames.items():
+                    if frame in seen_frames:
+                        other, o_off = seen_frames[frame]
+                        raise _fail(node, off, f"frame {frame} also held by node #{other.id} "
+                                               f"at {o_off * PAGE_SIZE:#x}")
+                    seen_frames[frame] = (node, off)
+                uncharged += hier_uncharged
+                total_attributed += sum(attribution.values())
+                continue
             want: Counter[CowPages] = Counter()
-            uncharged += _validate_hierarchy(k, hier, seen_frames, want)
+            frames = seen_frames if cache is None else {}
+            hier_uncharged = _validate_hierarchy(k, hier, frames, want)
+            if cache is not None:
+                cache.misses += 1
+                for frame, (node, off) in frames.items():
+                    if frame in seen_frames:
+                        other, o_off = seen_frames[frame]
+                        raise _fail(node, off, f"frame {frame} also held by node #{other.id} "
+                                               f"at {o_off * PAGE_SIZE:#x}")
+                    seen_frames[frame] = (node, off)
+            uncharged += hier_uncharged
             attribution = k._attribution_locked(hier)
             total_attributed += sum(attribution.values())
             for node, count in attribution.items():
@@ -56,6 +116,10 @@ def validate(k: Kernel) -> None:
                               if attribution.get(n, 0) != want.get(n, 0))
                 raise _fail(None, None, "committed pages differ from the seed's rule page by "
                                         f"page (node, committed, by the rule): {diff}")
+            if cache is not None:
+                cache._put(hier, frames, attribution, hier_uncharged)
+    if cache is not None:
+        cache._keep_only(hierarchies)
     # Frame accounting: every frame the allocator thinks is in use is in exactly one slot.
     used = pmm.used_frames
     if len(seen_frames) != used:

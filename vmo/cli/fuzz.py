@@ -26,10 +26,17 @@ def add_parser(sub: Any) -> None:
                    help="processes sharing the example database (with --mutants: mutants run "
                         "at a time)")
     p.add_argument("--seed", type=int, help="hypothesis seed (default: random, printed)")
-    p.add_argument("--db", metavar="PATH", default=".hypothesis/vmo-fuzz",
-                   help="example database directory shared by jobs and later runs "
+    p.add_argument("--db", metavar="PATH|URL",
+                   help="example database shared by jobs and later runs: a directory "
+                        "(default: .hypothesis/vmo-fuzz), or redis://HOST:PORT/DB to share it "
+                        "with other machines (layered with --local-db)")
+    p.add_argument("--local-db", metavar="PATH", default=".hypothesis/vmo-fuzz",
+                   help="with --db redis://...: the local directory layered with it "
                         "(default: %(default)s)")
-    p.add_argument("--no-db", action="store_true", help="use no example database")
+    p.add_argument("--db-readonly", metavar="PATH|URL", action="append", default=[],
+                   help="also replay the programs of this database (a directory or a Redis "
+                        "URL) but never write to it (repeat for several)")
+    p.add_argument("--no-db", action="store_true", help="use no writable example database")
     p.add_argument("--machine", metavar="MODULE:CLASS",
                    help="the state machine to fuzz (default vmo.testing.machine:VmoStateMachine)")
     p.add_argument("--program-steps", type=int, metavar="N",
@@ -54,7 +61,8 @@ def add_parser(sub: Any) -> None:
                    help="run the robustness campaign instead (bad input, injected faults, "
                         "threads, killed workloads, leaks) for --time seconds; see "
                         "docs/robustness.md")
-    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout (the live display goes to stderr)")
     p.set_defaults(func=_cmd_fuzz)
 
 

@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vmo.testing.run import COVERAGE_KEYS, Failure, Progress, RunResult, operation_mix, run
+from vmo.testing.run import (
+    COVERAGE_KEYS,
+    Failure,
+    Progress,
+    RunResult,
+    operation_mix,
+    rule_shares,
+    run,
+)
 
 #: Short names of the coverage counters for the display.
 _COVERAGE_LABELS = {
@@ -103,6 +111,10 @@ class PlainDisplay:
         self.print("  coverage:")
         for key, label in _COVERAGE_LABELS.items():
             self.print(f"    {label:<34} {_fmt_n(result.stats[key])}")
+        self.print("  rules (calls, share that did real work; bad calls: share that failed):")
+        for r in rule_shares(result.stats):
+            name = ("bad: " if r["bad"] else "") + r["rule"]
+            self.print(f"    {name:<34} {_fmt_n(r['calls']):>9} {r['share']:>8.0%}")
         self.print("  operation mix (calls, of which errors):")
         for op, n, err in operation_mix(result.stats)[:20]:
             self.print(f"    {op:<34} {_fmt_n(n):>9} {_fmt_n(err):>9}")
@@ -129,6 +141,7 @@ def _summary_rows(stats: Mapping[str, int], elapsed: float, jobs: int,
         ("steps/s", f"{steps / elapsed:,.0f}" if elapsed > 0 else "-"),
         ("programs", _fmt_n(stats.get("programs", 0))),
         ("deepest hierarchy", str(stats.get("max_depth", 0))),
+        ("widest hierarchy (live VMOs)", str(stats.get("max_width", 0))),
         ("time in validate", f"{share:.0%}"),
     ]
 
@@ -193,12 +206,21 @@ class RichDisplay:
         mix.add_column("errors", justify="right", style="dim")
         for op, n, err in operation_mix(stats)[:16]:
             mix.add_row(op, _fmt_n(n), _fmt_n(err))
+        rules = Table(title="rules: real work", title_justify="left", box=None, padding=(0, 1))
+        rules.add_column("rule")
+        rules.add_column("calls", justify="right")
+        rules.add_column("ok", justify="right")
+        for r in rule_shares(stats)[:24]:
+            share = f"{r['share']:.0%}"
+            if not r["bad"] and r["share"] < 0.7:
+                share = f"[red]{share}[/]"
+            rules.add_row(("bad: " if r["bad"] else "") + r["rule"], _fmt_n(r["calls"]), share)
         status = "[bold red]a program failed: shrinking it ...[/]" if p is not None and \
             p.failing else ("[green]done[/]" if p is not None and p.done else "running")
         body = Table.grid()
         body.add_row(head)
         body.add_row("")
-        body.add_row(Columns([cov, mix], padding=(0, 4)))
+        body.add_row(Columns([cov, rules, mix], padding=(0, 4)))
         return Panel(body, title=f"[bold]{self.title}[/] ({self.budget}) {status}",
                      title_align="left", border_style="red" if p and p.failing else "cyan")
 
@@ -264,6 +286,21 @@ def _budget_text(seconds: float | None, steps: int | None) -> str:
     return " or ".join(parts)
 
 
+def _database(args: argparse.Namespace, *, default: bool) -> tuple[Any, str]:
+    """The example database of ``--db``/``--local-db``/``--db-readonly``/``--no-db`` and a line
+    describing it. ``default``: use the local directory when no ``--db`` is given. An
+    unreachable Redis server ends the command here, with the reason."""
+    from vmo.testing.databases import DatabaseUnavailable, describe_database, open_database
+
+    spec = None if args.no_db else (args.db or (args.local_db if default else None))
+    readonly = list(getattr(args, "db_readonly", []) or [])
+    try:
+        db = open_database(spec, local=args.local_db, readonly=readonly)
+    except DatabaseUnavailable as e:
+        raise SystemExit(f"vmo fuzz: {e}") from e
+    return db, describe_database(spec, local=args.local_db, readonly=readonly)
+
+
 def _campaign(args: argparse.Namespace) -> int:
     machine = _import_machine(args.machine or DEFAULT_MACHINE)
     seconds = args.time
@@ -272,13 +309,13 @@ def _campaign(args: argparse.Namespace) -> int:
     import random
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    database = None if args.no_db else args.db
+    database, db_text = _database(args, default=True)
     title = (f"vmo fuzz {machine.__name__}, seed {seed}"
              + (f", {args.jobs} jobs" if args.jobs > 1 else ""))
     display = _make_display(args, title, _budget_text(seconds, args.steps))
     display.print(f"vmo fuzz: {machine.__module__}:{machine.__qualname__}, seed {seed}, "
                   f"{_budget_text(seconds, args.steps)}, {args.jobs} job(s), database "
-                  f"{database or 'none'}")
+                  f"{db_text}")
     with display:
         result = run(machine, seconds=seconds, steps=args.steps, jobs=args.jobs, seed=seed,
                      settings=_settings(args), database=database,
@@ -289,12 +326,37 @@ def _campaign(args: argparse.Namespace) -> int:
     display.summary(result, f"{verdict}: {_fmt_n(result.steps)} steps in "
                             f"{result.elapsed:.1f} s ({result.steps_per_second:,.0f}/s), "
                             f"{_fmt_n(result.programs)} programs, seed {seed}")
+    if args.json:
+        print(json.dumps(result_json(result)), flush=True)
     if result.failure is not None:
         display.failure(result.failure)
         display.print(f"Reproduce the campaign: vmo fuzz --seed {result.failure.seed} "
                       f"--no-db {_budget_flags(seconds, args.steps)}")
         return 1
     return 130 if result.interrupted else 0
+
+
+def result_json(result: RunResult) -> dict[str, Any]:
+    """What ``vmo fuzz --json`` prints for a campaign: the totals, the per-rule success
+    shares, the coverage counters and the failure, if any."""
+    f = result.failure
+    return {
+        "machine": result.machine, "seed": result.seed, "jobs": result.jobs,
+        "elapsed": result.elapsed, "steps": result.steps, "programs": result.programs,
+        "steps_per_second": result.steps_per_second, "validate_share": result.validate_share,
+        "max_depth": result.stats["max_depth"], "max_width": result.stats["max_width"],
+        "rules": rule_shares(result.stats),
+        "operations": [{"operation": op, "calls": n, "errors": err}
+                       for op, n, err in operation_mix(result.stats)],
+        "coverage": {k: result.stats[k] for k in COVERAGE_KEYS},
+        "stats": dict(result.stats),
+        "failure": None if f is None else {
+            "kind": f.kind, "message": f.message, "program": f.program,
+            "program_steps": f.program_steps, "seed": f.seed, "found_after": f.found_after,
+            "programs_before": f.programs_before,
+            "repro_path": str(f.repro_path) if f.repro_path else None},
+        "interrupted": result.interrupted,
+    }
 
 
 def _budget_flags(seconds: float | None, steps: int | None) -> str:
@@ -340,8 +402,10 @@ def _one_mutant(args: argparse.Namespace, name: str) -> int:
     if args.json:
         print(json.dumps({"event": "started", "name": name}), flush=True)
     repro_dir = Path(args.failures_dir) / "mutants" if args.failures_dir else None
+    database, _ = _database(args, default=False)
     result = run_mutant(m, seconds=seconds, seed=args.seed, machine=machine,
-                        settings=_settings(args), repro_dir=repro_dir, progress=progress)
+                        settings=_settings(args), repro_dir=repro_dir, progress=progress,
+                        database=database)
     if args.json:
         print(json.dumps({"event": "result", **_asdict(result)}), flush=True)
     else:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hypothesis import currently_in_test_context, note
+from hypothesis import currently_in_test_context, note, target
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -34,7 +35,7 @@ import vmo.debug as debug
 import vmo.testing.strategies as vs
 from vmo.errors import Status, ZxError
 from vmo.kernel import Kernel
-from vmo.page_list import EMPTY
+from vmo.page_list import EMPTY, MARKER
 from vmo.pmm import PAGE_SIZE, SPLIT_LEFT, SPLIT_RIGHT
 from vmo.testing.oracle import Disc, OPin, Oracle, OVmo
 from vmo.types import ChildOptions, LockState, VmoOp, VmoOptions
@@ -58,8 +59,20 @@ class VmoStateMachine(RuleBasedStateMachine):
     kernel_memory = 64 * 2**20
     validate_every_step = True
     compare_every_step = True
+    #: Check incrementally: after most steps the invariants look only at what can have changed
+    #: (hierarchies whose ``generation`` moved, VMOs whose oracle content or attribution chain
+    #: changed); everything is checked every ``full_check_every`` steps, after any call that
+    #: acts outside one tree's generation (pins, lock ops, reclaim, dedup) and at teardown.
+    #: Off: every check in full after every step.
+    incremental_checks = True
+    full_check_every = 8
     #: Filled by runners that want statistics (op mix, depth, merges).
     stats: Counter[str] | None = None
+    #: Whether the first checked call of the current rule was one that succeeds (set by
+    #: `expect`; runners reset it before each rule to count each rule's share of real work).
+    rule_outcome: bool | None = None
+    #: Rules that exist to make bad calls (error paths): their calls are counted apart.
+    error_rules: frozenset[str] = frozenset({"bad_call", "use_maybe_closed"})
 
     vmos = Bundle("vmos")
     pins = Bundle("pins")
@@ -72,6 +85,18 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.real: dict[int, Vmo] = {}  # oracle koid -> real VMO
         self.real_pins: dict[int, PinnedRange] = {}
         self.step_time_validate = 0.0
+        #: Deepest/widest shapes this program reached (`_observe_shape`), and the generation
+        #: of each hierarchy when it was last looked at.
+        self.shape: Counter[str] = Counter()
+        self._shape_seen: dict[int, int] = {}
+        # Incremental checks: what each invariant last saw, how many times it ran, and the
+        # invariants that must check everything after this step.
+        self._validate_cache = debug.ValidateCache()
+        self._compared: dict[int, tuple[int, int, bytes]] = {}
+        self._chains_seen: dict[int, tuple[int, int, list[tuple[int, bool]]]] = {}
+        self._trees_seen: dict[int, int] = {}
+        self._check_runs: Counter[str] = Counter()
+        self._force_full: set[str] = set()
         # A file for write_from_fd / read_to_fd: two and a half pages, so that reads past its
         # end (zeros) happen, and a second one the VMOs are written to.
         self.file_bytes = vs.payload(7, 2 * PAGE_SIZE + PAGE_SIZE // 2)
@@ -80,9 +105,33 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.out_fd = os.memfd_create("vmo-machine-out", os.MFD_CLOEXEC)
 
     def teardown(self) -> None:
-        self.k.close()
-        os.close(self.in_fd)
-        os.close(self.out_fd)
+        if self.__dict__.get("_torn_down"):
+            return
+        self._report_shape()
+        try:
+            if sys.exc_info()[0] is None and not self.k.closed:
+                self.check_everything()  # the end of a program: no incremental shortcut
+        finally:
+            self._torn_down = True
+            self.k.close()
+            os.close(self.in_fd)
+            os.close(self.out_fd)
+
+    def check_everything(self) -> None:
+        """Every invariant, in full (what `teardown` runs at the end of a program)."""
+        self._force_full |= _CHECKS
+        self.contents_match()
+        self.hierarchy_valid()
+        self.structure_matches()
+
+    def _full_check(self, which: str) -> bool:
+        """Must invariant ``which`` check everything this time?"""
+        runs = self._check_runs[which]
+        self._check_runs[which] = runs + 1
+        forced = which in self._force_full
+        self._force_full.discard(which)
+        return (not self.incremental_checks or forced
+                or runs % max(1, self.full_check_every) == 0)
 
     # ------------------------------------------------------------------ checking helpers
 
@@ -103,6 +152,10 @@ class VmoStateMachine(RuleBasedStateMachine):
     def expect(self, what: str, status: Status | None, call: Callable[[], T]) -> T | None:
         """Run ``call``; it must fail with ``status`` (or succeed when ``status`` is None)."""
         self._count(what)
+        if what.startswith(_GLOBAL_CALLS):
+            self._force_full |= _CHECKS
+        if self.rule_outcome is None:
+            self.rule_outcome = status is None  # the rule's first call: did it do real work?
         try:
             result = call()
         except ZxError as e:
@@ -124,6 +177,23 @@ class VmoStateMachine(RuleBasedStateMachine):
                           lambda: self.real[v.koid].op_range(VmoOp[op], offset, size))
         return want, got
 
+    # ------------------------------------------------------------------ choosing VMOs
+
+    def _fit(self, v: OVmo, need: str) -> OVmo:
+        """``v`` if it can take a call that does real work of kind ``need``, else the next live
+        VMO (by koid, wrapping around) that can, else ``v``. Rules whose calls need a VMO of a
+        kind (resizable, not resizable, without a copy-on-write parent, ...) use it so that
+        most of their calls succeed; the calls that must fail are `bad_call`'s. Deterministic:
+        a printed program replays the same choice."""
+        ok = _FITS[need]
+        if ok(self.oracle, v):
+            return v
+        fitting = [ov for ov in self.oracle.live() if ok(self.oracle, ov)]
+        if not fitting:
+            return v
+        later = [ov for ov in fitting if ov.koid > v.koid]
+        return (later or fitting)[0]
+
     # ------------------------------------------------------------------ rules
 
     @rule(target=vmos, size=vs.sizes(), resizable=st.booleans(),
@@ -141,39 +211,39 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.real[ov.koid] = v
         return ov
 
-    @rule(v=vmos, at=vs.positions(), length=vs.lengths(), seed=vs.seeds)
+    @rule(v=vmos, at=vs.inside_positions(), length=vs.lengths(), seed=vs.seeds)
     def write(self, v: OVmo, at: tuple[int, int], length: int, seed: int) -> None:
-        offset = vs.resolve(at, v.size)
-        data = vs.payload(seed, vs.resolve_length(length, offset, v.size))
+        offset = vs.resolve_inside(at, v.size)
+        data = vs.payload(seed, vs.fit_length(length, offset, v.size))
         status = self.oracle.write(v, offset, data)
         self.expect("write", status, lambda: self.real[v.koid].write(data, offset))
 
-    @rule(v=vmos, at=vs.positions(), length=vs.lengths())
+    @rule(v=vmos, at=vs.inside_positions(), length=vs.lengths())
     def read(self, v: OVmo, at: tuple[int, int], length: int) -> None:
-        offset = vs.resolve(at, v.size)
-        length = vs.resolve_length(length, offset, v.size)
+        offset = vs.resolve_inside(at, v.size)
+        length = vs.fit_length(length, offset, v.size)
         status, want = self.oracle.read(v, offset, length)
         got = self.expect("read", status, lambda: self.real[v.koid].read(length, offset))
         if status is None and got != want:
             raise Mismatch(f"read koid {v.koid} [{offset:#x}, +{length:#x}) differs from the "
                            f"oracle at byte {_first_difference(got, want)}")
 
-    @rule(v=vmos, at=vs.positions(), length=vs.lengths(),
+    @rule(v=vmos, at=vs.inside_positions(), length=vs.lengths(),
           fd_at=st.sampled_from([0, 1, PAGE_SIZE, 2 * PAGE_SIZE + 7, 3 * PAGE_SIZE]))
     def write_from_fd(self, v: OVmo, at: tuple[int, int], length: int, fd_at: int) -> None:
         """`Vmo.write_from_fd`: a write whose bytes come from the file (zeros past its end)."""
-        offset = vs.resolve(at, v.size)
-        length = vs.resolve_length(length, offset, v.size)
+        offset = vs.resolve_inside(at, v.size)
+        length = vs.fit_length(length, offset, v.size)
         data = self.file_bytes[fd_at:fd_at + length].ljust(length, b"\0")
         status = self.oracle.write(v, offset, data)
         self.expect("write_from_fd", status,
                     lambda: self.real[v.koid].write_from_fd(self.in_fd, length, offset, fd_at))
 
-    @rule(v=vmos, at=vs.positions(), length=vs.lengths())
+    @rule(v=vmos, at=vs.inside_positions(), length=vs.lengths())
     def read_to_fd(self, v: OVmo, at: tuple[int, int], length: int) -> None:
         """`Vmo.read_to_fd`: a read whose bytes go to a file, compared there."""
-        offset = vs.resolve(at, v.size)
-        length = vs.resolve_length(length, offset, v.size)
+        offset = vs.resolve_inside(at, v.size)
+        length = vs.fit_length(length, offset, v.size)
         status, want = self.oracle.read(v, offset, length)
         written = self.expect("read_to_fd", status,
                               lambda: self.real[v.koid].read_to_fd(self.out_fd, length, offset))
@@ -185,17 +255,25 @@ class VmoStateMachine(RuleBasedStateMachine):
                                f"{_first_difference(got, want or b'')}")
 
     @rule(target=vmos, v=vmos, kind=st.sampled_from(vs.CHILD_KINDS),
-          at=st.one_of(vs.aligned_positions(), vs.aligned_positions(), vs.positions()),
-          size=vs.sizes(), resizable=st.sampled_from([False, False, True]),
+          at=vs.aligned_positions(), size=vs.sizes(),
+          resizable=st.sampled_from([False, False, True]),
           no_write=st.sampled_from([False, False, False, True]))
     def create_child(self, v: OVmo, kind: str, at: tuple[int, int], size: int, resizable: bool,
                      no_write: bool) -> Any:
-        return self._create_child(v, kind, vs.resolve(at, v.size), size, resizable, no_write)
+        """A child of any kind. Slices need a parent that is not resizable and a window
+        inside it; when ``v`` cannot have one, the next VMO that can is used (bad slices have
+        `bad_call`)."""
+        v = self._fit(v, "clonable" if kind != "slice" else "sliceable")
+        offset = min(vs.resolve(at, v.size), v.size // PAGE_SIZE * PAGE_SIZE)
+        if kind == "slice":
+            size, resizable = min(size, v.size - offset), False
+        return self._create_child(v, kind, offset, size, resizable, no_write)
 
     @rule(target=vmos, v=vmos, at=vs.aligned_positions(), size=vs.sizes(),
           resizable=st.booleans())
     def snapshot(self, v: OVmo, at: tuple[int, int], size: int, resizable: bool) -> Any:
         """Snapshots again (weights the mix towards deep hierarchies)."""
+        v = self._fit(v, "clonable")
         return self._create_child(v, "snapshot", vs.resolve(at, v.size), size, resizable, False)
 
     def _create_child(self, v: OVmo, kind: str, offset: int, size: int, resizable: bool,
@@ -229,23 +307,45 @@ class VmoStateMachine(RuleBasedStateMachine):
 
     @rule(v=vmos, size=vs.sizes())
     def set_size(self, v: OVmo, size: int) -> None:
+        """Resize ``v``, or the next resizable VMO when ``v`` is not (`bad_call` resizes
+        VMOs that are not)."""
+        v = self._fit(v, "resizable")
         status = self.oracle.set_size(v, size)
         self.expect("set_size", status, lambda: self.real[v.koid].set_size(size))
 
-    @rule(v=vmos, op=st.sampled_from(vs.OPS), at=vs.positions(), size=vs.lengths())
+    @rule(v=vmos, op=st.sampled_from(vs.OPS), at=vs.inside_positions(), size=vs.lengths())
     def op_range(self, v: OVmo, op: str, at: tuple[int, int], size: int) -> None:
-        offset = vs.resolve(at, v.size)
-        size = vs.resolve_length(size, offset, v.size)
+        if op == "DECOMMIT":
+            v = self._fit(v, "decommittable")
+        offset = vs.resolve_inside(at, v.size)
+        size = vs.fit_length(size, offset, v.size)
+        if op == "DECOMMIT":  # whole pages only (bad_call does ragged ones)
+            offset = offset // PAGE_SIZE * PAGE_SIZE
+            size = max(PAGE_SIZE, size // PAGE_SIZE * PAGE_SIZE) if v.size > offset else 0
+            size = min(size, v.size - offset)
         self.op_range_checked(v, op, offset, size)
 
     @rule(v=vmos, op=st.sampled_from(vs.LOCK_OPS + ("reclaim", "dedup")),
           whole=st.sampled_from([True, True, True, False]),
           target_pages=st.sampled_from([0, 1, 2, 4, 1 << 20]))
     def lock_op(self, v: OVmo, op: str, whole: bool, target_pages: int) -> None:
-        """LOCK / TRY_LOCK / UNLOCK of a discardable VMO, or a kernel-wide reclaim."""
+        """LOCK / TRY_LOCK / UNLOCK of a discardable VMO (the next open one when ``v`` is not,
+        a reclaim when there is none; an UNLOCK of one not locked locks it: `bad_call` makes
+        those calls), or a kernel-wide reclaim."""
         if op in ("reclaim", "dedup"):
             self.kernel_op(op if op == "dedup" else target_pages)
             return
+        v = self._fit(v, "discardable")
+        if not v.discardable or v.closed:
+            # Nothing to lock in this program (`bad_call` locks VMOs that are not
+            # discardable): reclaim instead, which has work to do after lock cycles.
+            self.kernel_op(target_pages)
+            return
+        if op == "UNLOCK" and v.lock_count == 0:
+            op = "LOCK"
+        self._lock_op(v, op, whole)
+
+    def _lock_op(self, v: OVmo, op: str, whole: bool) -> None:
         size = v.size if whole else max(0, v.size - PAGE_SIZE)
         status, want = self.oracle.op_range(v, op, 0, size)
         got = self.expect(f"op:{op}", status,
@@ -267,9 +367,64 @@ class VmoStateMachine(RuleBasedStateMachine):
         if got != want:
             raise Mismatch(f"reclaim_discardable({action}) freed {got}, oracle {want}")
 
+    @rule(v=vmos, call=st.sampled_from(vs.BAD_CALLS), at=vs.positions(), length=vs.lengths(),
+          past=st.sampled_from([0, 1, PAGE_SIZE, 7 * PAGE_SIZE + 3]))
+    def bad_call(self, v: OVmo, call: str, at: tuple[int, int], length: int,
+                 past: int) -> None:
+        """A call that should fail (the error paths): past the end, ragged where whole pages
+        are needed, a resize of a VMO that is not resizable, a slice of one that is, an empty
+        or out-of-range pin, an UNLOCK of a VMO that is not locked, a lock op on one that is
+        not discardable. The oracle decides the status, as for every other call."""
+        offset = vs.resolve(at, v.size)
+        end = v.size + past  # at or past the end
+        n = vs.resolve_length(length, offset, v.size)
+        real = self.real[v.koid]
+        if call == "read_past":
+            status, _ = self.oracle.read(v, end, n)
+            self.expect("read", status, lambda: real.read(n, end))
+        elif call == "read_overlong":
+            status, _ = self.oracle.read(v, offset, v.size - offset + past)
+            self.expect("read", status, lambda: real.read(v.size - offset + past, offset))
+        elif call == "write_past":
+            data = vs.payload(past + 1, max(2, n % (2 * PAGE_SIZE)))
+            start = max(0, v.size - len(data) // 2) if past else end  # straddles, or beyond
+            status = self.oracle.write(v, start, data)
+            self.expect("write", status, lambda: real.write(data, start))
+        elif call == "op_past":
+            self.op_range_checked(v, ("COMMIT", "ZERO", "DECOMMIT", "DONT_NEED")[past % 4],
+                                  offset, v.size - offset + past)
+        elif call == "decommit_ragged":
+            self.op_range_checked(v, "DECOMMIT", offset | 1, PAGE_SIZE)
+        elif call == "resize_fixed":
+            fixed = [ov for ov in self.oracle.live() if not ov.resizable] or [v]
+            target = fixed[past % len(fixed)]
+            self.set_size(target, n)
+        elif call == "slice_bad":
+            self._create_child(v, "slice", offset, max(PAGE_SIZE, v.size - offset + past),
+                               False, False)
+        elif call == "child_ragged":
+            self._create_child(v, "snapshot", offset | 1, PAGE_SIZE, False, False)
+        elif call == "pin_bad":
+            size = 0 if past == 0 else (v.size // PAGE_SIZE + 1) * PAGE_SIZE
+            status, _ = self.oracle.pin(v, 0, size, False)
+            self.expect("pin", status, lambda: real.pin(0, size, False))
+        elif call == "unlock_unlocked":
+            if v.lock_count == 0:
+                self._lock_op(v, "UNLOCK", True)
+            else:
+                self._lock_op(v, "LOCK", past % 2 == 0)
+        else:
+            assert call == "size_huge"
+            self.set_size(v, 2**64 + past)
+
     @rule(v=vmos, call=st.sampled_from(["read", "write", "child", "op", "size", "info"]))
     def use_maybe_closed(self, v: OVmo, call: str) -> None:
-        """Any handle, open or closed: closed ones must answer ERR_BAD_HANDLE."""
+        """A closed handle must answer ERR_BAD_HANDLE to every call. Closed handles leave the
+        bundle, so the call goes to one of the program's closed VMOs (chosen by ``v``'s koid)
+        when there is one, else to ``v``."""
+        closed = [ov for ov in self.oracle.vmos if ov.closed]
+        if closed:
+            v = closed[v.koid % len(closed)]
         real = self.real[v.koid]
         if call == "read":
             status, _ = self.oracle.read(v, 0, 0)
@@ -290,11 +445,16 @@ class VmoStateMachine(RuleBasedStateMachine):
         else:
             self.check_info(v)
 
-    @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(0, 4),
+    @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 4),
           writable=st.booleans())
     def pin(self, v: OVmo, at: tuple[int, int], npages: int, writable: bool) -> Any:
-        offset = vs.resolve(at, v.size)
+        """Pin whole pages inside the VMO (`bad_call` pins nothing, or past the end)."""
+        v = self._fit(v, "pinnable")
+        pages = v.size // PAGE_SIZE
+        npages = max(1, min(npages, pages))
+        offset = min(vs.resolve(at, v.size), max(0, pages - npages) * PAGE_SIZE)
         size = npages * PAGE_SIZE
+        writable = writable and v.writable
         status, opin = self.oracle.pin(v, offset, size, writable)
         p = self.expect("pin", status, lambda: self.real[v.koid].pin(offset, size, writable))
         if opin is None or p is None:
@@ -302,7 +462,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.real_pins[id(opin)] = p
         return opin
 
-    @rule(p=pins)
+    @rule(p=consumes(pins))
     def unpin(self, p: OPin) -> None:
         status = self.oracle.unpin(p)
         self.expect("unpin", status, self.real_pins[id(p)].unpin)
@@ -337,7 +497,8 @@ class VmoStateMachine(RuleBasedStateMachine):
     # rare. These rules make them common: every program starts from a VMO full of distinct
     # bytes, and whole-page writes, zeros and window snapshots stay inside their VMO.
 
-    @initialize(target=vmos, npages=st.integers(1, vs.MAX_PAGES), resizable=st.booleans(),
+    @initialize(target=vmos, npages=st.integers(1, vs.MAX_PAGES),
+                resizable=st.sampled_from([True, True, False]),
                 seed=vs.seeds)
     def filled(self, npages: int, resizable: bool, seed: int) -> Any:
         """A VMO whose every page holds distinct bytes (each program starts with one)."""
@@ -370,6 +531,7 @@ class VmoStateMachine(RuleBasedStateMachine):
     def snapshot_inside(self, v: OVmo, at: tuple[int, int], npages: int,
                         resizable: bool) -> Any:
         """A snapshot of a window inside the parent (offset windows, partial overlaps)."""
+        v = self._fit(v, "clonable")
         offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
         size = max(PAGE_SIZE, min(npages * PAGE_SIZE, v.size - offset))
         return self._create_child(v, "snapshot", offset, size, resizable, False)
@@ -378,7 +540,7 @@ class VmoStateMachine(RuleBasedStateMachine):
     def resize_pages(self, v: OVmo, npages: int) -> None:
         """set_size to a whole number of pages (shrinks release parent pages, grows show
         zeros)."""
-        self.set_size(v, npages * PAGE_SIZE)
+        self.set_size(self._fit(v, "resizable"), npages * PAGE_SIZE)
 
     @rule(target=vmos, v=vmos,
           action=st.sampled_from(["write", "write", "write", "zero", "zero", "zero", "commit",
@@ -416,6 +578,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         backup still sees: a partial release, which only split bits can record. Returns the
         new snapshots. That path is rare otherwise."""
         made: list[OVmo] = []
+        v = self._fit(v, "resizable")
         if backup:
             b = self._create_child(v, "snapshot", 0, v.size, False, False)
             if isinstance(b, OVmo):
@@ -433,6 +596,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         """Tens of snapshots of one VMO (whole, or windows at staggered offsets): ``v`` ends
         up at the bottom of a chain of hidden nodes, each with a snapshot beside it. Then a
         whole-page write of ``v`` forks through every level."""
+        v = self._fit(v, "clonable")
         made: list[OVmo] = []
         pages = max(1, v.size // PAGE_SIZE)
         for i in range(count):
@@ -453,7 +617,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         page shorter than the last and resizable (so later shrinks release in the middle of
         windows that other levels still see), with a write at some level."""
         made: list[OVmo] = []
-        cur = v
+        cur = v = self._fit(v, "clonable")
         for i in range(depth):
             size = max(PAGE_SIZE, cur.size - (PAGE_SIZE if shrink and i % 2 else 0))
             child = self._create_child(cur, "snapshot", 0, size, True, False)
@@ -488,10 +652,73 @@ class VmoStateMachine(RuleBasedStateMachine):
             return multiple()
         return child
 
+    @rule(target=vmos, npages=st.integers(3, vs.MAX_PAGES), at=st.integers(1, 999),
+          window=st.integers(1, 3), keep=st.integers(0, 2), seed=vs.seeds)
+    def fresh_partial_release(self, npages: int, at: int, window: int, keep: int,
+                              seed: int) -> Any:
+        """A new VMO full of distinct bytes, a backup snapshot of all of it, a window snapshot,
+        and a shrink below the window: the hole between ``keep`` and the window is a partial
+        release over pages the hidden node holds (`snapshot_then_shrink` on a VMO that has
+        its pages, which the bundles draw rarely once trees grow)."""
+        ov = self.filled(npages, True, seed)
+        if not isinstance(ov, OVmo):
+            return multiple()
+        made = self.snapshot_then_shrink(ov, (at, 0), window, keep, True)
+        return multiple(ov, *made.values)
+
+    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
+          seed=vs.seeds)
+    def zero_snapshot_merge(self, v: OVmo, at: tuple[int, int], npages: int,
+                            seed: int) -> Any:
+        """Snapshot ``v`` and ZERO pages of the snapshot (zero markers over ``v``'s pages);
+        snapshot that twice (the markers move into a hidden node, which gets a hidden node
+        below it), perhaps write a page of it, and close the first of the two at once: the
+        hidden node holding the markers merges into the hidden node below (the merge's
+        general path), and the markers must survive it, or the snapshot would see ``v``'s
+        bytes again."""
+        v = self._fit(v, "clonable")
+        child = self._create_child(v, "snapshot", 0, v.size, True, False)
+        if not isinstance(child, OVmo):
+            return multiple()
+        offset = min(vs.resolve(at, child.size), max(0, child.size - PAGE_SIZE))
+        length = max(0, min(npages * PAGE_SIZE, child.size - offset))
+        self.op_range_checked(child, "ZERO", offset, length)
+        backup = self._create_child(child, "snapshot", 0, child.size, False, False)
+        inner = self._create_child(child, "snapshot", 0, child.size, False, False)
+        if child.size and seed % 2:
+            woff = (offset + length) % child.size if seed % 3 else offset
+            self._write_at(child, woff, vs.payload(seed, min(64, child.size - woff)))
+        if isinstance(backup, OVmo):
+            self.close(backup)
+        return multiple(*(x for x in (child, inner) if isinstance(x, OVmo)))
+
+    @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
+          zero_first=st.booleans())
+    def pin_then_dedup(self, v: OVmo, at: tuple[int, int], npages: int,
+                       zero_first: bool) -> Any:
+        """Pin pages that read as zeros (ZERO them first, or pin where nothing was committed:
+        the pin commits zero pages) and run the zero-page scanner: a pinned page stays, a
+        device may be using it."""
+        v = self._fit(v, "pinnable")
+        pages = v.size // PAGE_SIZE
+        npages = max(1, min(npages, pages))
+        offset = min(vs.resolve(at, v.size), max(0, pages - npages) * PAGE_SIZE)
+        if zero_first and v.writable:
+            self.op_range_checked(v, "ZERO", offset, npages * PAGE_SIZE)
+        status, opin = self.oracle.pin(v, offset, npages * PAGE_SIZE, False)
+        real = self.expect("pin", status,
+                           lambda: self.real[v.koid].pin(offset, npages * PAGE_SIZE, False))
+        self.kernel_op("dedup")
+        if opin is None or real is None:
+            return multiple()
+        self.real_pins[id(opin)] = real
+        return opin
+
     @rule(v=vmos, at=vs.aligned_positions(), seed=vs.seeds)
     def shrink_regrow_write(self, v: OVmo, at: tuple[int, int], seed: int) -> None:
         """Shrink ``v``, grow it back, and write a few bytes into the regrown tail: the rest of
         that page must be zeros, not what the parent still holds there."""
+        v = self._fit(v, "resizable")
         size = v.size
         keep = min(vs.resolve(at, size), size)
         self.set_size(v, keep)
@@ -510,31 +737,51 @@ class VmoStateMachine(RuleBasedStateMachine):
 
     @rule(d=discardables, op=st.sampled_from(["LOCK", "LOCK", "TRY_LOCK", "UNLOCK", "UNLOCK"]))
     def lock_discardable(self, d: OVmo, op: str) -> None:
-        self.lock_op(d, op, True, 0)
+        """LOCK, TRY_LOCK or UNLOCK; an UNLOCK of a VMO that is not locked locks it instead
+        (`bad_call` makes that mistake on purpose)."""
+        d = self._fit(d, "discardable")
+        if op == "UNLOCK" and d.lock_count == 0:
+            op = "LOCK"
+        self._lock_op(d, op, True)
 
     @rule(d=discardables, write=st.booleans(), seed=vs.seeds)
     def lock_cycle(self, d: OVmo, write: bool, seed: int) -> None:
         """LOCK, perhaps write, UNLOCK: how a cache uses a discardable VMO. Cycles of several
         VMOs interleave their unlocks, which decide the reclaim order (oldest unlock first)."""
-        self.lock_op(d, "LOCK", True, 0)
+        d = self._fit(d, "discardable")
+        self._lock_op(d, "LOCK", True)
         if write and d.size:
             self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
-        self.lock_op(d, "UNLOCK", True, 0)
+        self._lock_op(d, "UNLOCK", True)
 
     @rule(first=discardables, second=discardables, target_pages=st.sampled_from([1, 2]),
-          seed=vs.seeds)
-    def reclaim_order(self, first: OVmo, second: OVmo, target_pages: int, seed: int) -> None:
+          seed=vs.seeds, relock_first=st.booleans())
+    def reclaim_order(self, first: OVmo, second: OVmo, target_pages: int, seed: int,
+                      relock_first: bool = False) -> None:
         """Unlock two discardable VMOs in a known order, each holding a page, then reclaim a
         page or two: the older unlock goes first (the seed's reclaim list is in unlock order),
-        which only a small reclaim with two candidates can show."""
-        if first is second:
-            return
-        for d in (first, second):
-            self.lock_op(d, "LOCK", True, 0)
+        which only a small reclaim with two candidates can show (drawn twice, the one VMO
+        goes alone, or with ``relock_first`` with a new one). With ``relock_first`` the first
+        is locked and unlocked again, which must move it behind the second."""
+        first, second = self._fit(first, "discardable"), self._fit(second, "discardable")
+        if first is second and relock_first:
+            # One discardable VMO drawn twice: a second one, of one page, for the order.
+            other = self.create(PAGE_SIZE, False, True)
+            if isinstance(other, OVmo):
+                second = other
+        for d in dict.fromkeys((first, second)):
+            self._lock_op(d, "LOCK", True)
             if d.size:
                 self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
-        self.lock_op(first, "UNLOCK", True, 0)
-        self.lock_op(second, "UNLOCK", True, 0)
+        for d in dict.fromkeys((first, second)):
+            self._lock_op(d, "UNLOCK", True)
+        if relock_first and first is not second:
+            # Used again: now ``second`` is the one unlocked longest ago. No reclaim in this
+            # step: the invariants see the order first (the reclaim would take ``second``
+            # either way, list order and unlock times agreeing or not); later rules reclaim.
+            self._lock_op(first, "LOCK", True)
+            self._lock_op(first, "UNLOCK", True)
+            return
         self.kernel_op(target_pages)
 
     @rule(target_pages=st.sampled_from([1, 2, 1 << 20]),
@@ -557,6 +804,8 @@ class VmoStateMachine(RuleBasedStateMachine):
     def contents_match(self) -> None:
         if not self.compare_every_step:
             return
+        full = self._full_check("contents")
+        compared = self._compared
         for ov in self.oracle.live():
             real = self.real[ov.koid]
             size = real.get_size()
@@ -564,29 +813,68 @@ class VmoStateMachine(RuleBasedStateMachine):
                 raise Mismatch(f"koid {ov.koid} size {size:#x}, oracle {ov.size:#x}")
             t, _ = ov.target()
             if t.disc == Disc.DISCARDED:
+                compared.pop(ov.koid, None)
                 self.expect("read-discarded", Status.ERR_NOT_FOUND,
                             functools.partial(real.read, 1 if size else 0, 0))
                 continue
-            got = real.read(size, 0)
             want = ov.content()
+            hier = real._hier
+            seen = compared.get(ov.koid)
+            # Unchanged on both sides since they last agreed: the tree's generation did not
+            # move and the oracle holds the same bytes.
+            if (not full and seen is not None and seen[0] == id(hier)
+                    and seen[1] == hier.generation and seen[2] == want):
+                continue
+            got = real.read(size, 0)
+            compared[ov.koid] = (id(hier), hier.generation, want)
             if got != want:
+                compared.pop(ov.koid, None)
                 raise self._with_dump(Mismatch(
                     f"koid {ov.koid} content differs from the oracle at byte "
                     f"{_first_difference(got, want)}"))
 
     @invariant()
+    def observe_shape(self) -> None:
+        """Not a check: measure the trees this program built (of the hierarchies that changed
+        since the last step), for hypothesis's ``target()`` at teardown, which steers
+        generation towards deep and wide trees, hidden nodes, partial releases and markers
+        over hidden pages, and for the campaign's ``max_depth``/``max_width``."""
+        for h in self.k.hierarchies():
+            with h.lock:
+                if h.root is None or self._shape_seen.get(id(h)) == h.generation:
+                    continue
+                self._shape_seen[id(h)] = h.generation
+                for key, value in _tree_shape(h.root).items():
+                    if value > self.shape[key]:
+                        self.shape[key] = value
+        if self.stats is not None:
+            for key in ("max_depth", "max_width"):
+                self.stats[key] = max(self.stats[key], self.shape[key])
+
+    def _report_shape(self) -> None:
+        if not currently_in_test_context():
+            return
+        for key, label in _SHAPE_TARGETS.items():
+            target(float(self.shape[key]), label=label)
+
+    @invariant()
     def hierarchy_valid(self) -> None:
         if self.validate_every_step:
             t0 = time.perf_counter()
-            debug.validate(self.k)
+            if self._full_check("validate"):
+                debug.validate(self.k)
+                self._validate_cache = debug.ValidateCache()  # the full run revalidated all
+            else:
+                debug.validate(self.k, self._validate_cache)
             self.step_time_validate += time.perf_counter() - t0
 
 
-    def _check_attribution_ids(self) -> None:
+    def _check_attribution_ids(self, full: bool = True) -> None:
         """The oracle's tree of attribution ids (`vmo.testing.oracle.IdNode`) is the real
         one: up from every live VMO, the same chain of nodes, hidden or not, carrying the ids
         of the same VMOs."""
         koid_of = {ok: r.koid for ok, r in self.real.items()}
+        seen = self._chains_seen
         for ov in self.oracle.live():
             if ov.id_node is None:
                 continue
@@ -594,9 +882,16 @@ class VmoStateMachine(RuleBasedStateMachine):
             if real is None:
                 continue
             want = [(koid_of.get(i, -i), hidden) for i, hidden in ov.id_node.chain()]
-            with real._hier.lock:
+            hier = real._hier
+            last = seen.get(ov.koid)
+            if (not full and last is not None and last[0] == id(hier)
+                    and last[1] == hier.generation and last[2] == want):
+                continue
+            with hier.lock:
                 got = _real_chain(real.cow)
+            seen[ov.koid] = (id(hier), hier.generation, want)
             if got != want:
+                seen.pop(ov.koid, None)
                 raise self._with_dump(Mismatch(
                     f"koid {real.koid}: attribution ids up the tree (id, hidden) are {got}, "
                     f"the oracle's {want}"))
@@ -612,11 +907,15 @@ class VmoStateMachine(RuleBasedStateMachine):
         check against the oracle."""
         if not self.compare_every_step:
             return
-        self._check_attribution_ids()
+        full = self._full_check("structure")
+        self._check_attribution_ids(full)
         for h in self.k.hierarchies():
             with h.lock:
                 if h.root is None:
                     continue
+                if not full and self._trees_seen.get(id(h)) == h.generation:
+                    continue  # this tree has not changed since it passed
+                self._trees_seen.pop(id(h), None)
                 for node in h.root.walk_subtree():
                     parent = node.parent
                     if (parent is not None and parent.hidden and node.parent_limit
@@ -631,6 +930,65 @@ class VmoStateMachine(RuleBasedStateMachine):
                                 raise Mismatch(f"hidden node #{node.id} holds a page at "
                                                f"{off} past its end ({node.size} pages)")
                             _check_split_bits(node, off, frame)
+                self._trees_seen[id(h)] = h.generation
+
+
+#: What the machine steers towards (hypothesis ``target()`` labels), by `_tree_shape` key.
+_SHAPE_TARGETS = {
+    "max_depth": "hierarchy depth",
+    "max_width": "live VMOs in one hierarchy",
+    "hidden": "hidden nodes in one hierarchy",
+    "partial": "nodes with a partial release",
+    "under_markers": "hidden pages under zero markers",
+}
+
+
+def _tree_shape(root: Any) -> dict[str, int]:
+    """Depth, width (live VMOs), hidden nodes, nodes marked ``partial_cow_release`` and zero
+    markers over a page a hidden ancestor holds, of one tree. Explicit stack: trees can be
+    thousands deep."""
+    out = {"max_depth": 0, "max_width": 0, "hidden": 0, "partial": 0, "under_markers": 0}
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        out["max_depth"] = max(out["max_depth"], depth)
+        if node.hidden:
+            out["hidden"] += 1
+        elif node.paged_ref is not None and not node.paged_ref.closed:
+            out["max_width"] += 1
+        if node.partial_cow_release:
+            out["partial"] += 1
+        if not node.hidden and node.parent is not None and node.parent.hidden:
+            for off, value in node.page_list.items():
+                if value == MARKER and node.parent.page_list.get(off + node.parent_offset) \
+                        not in (EMPTY, MARKER):
+                    out["under_markers"] += 1
+        stack.extend((c, depth + 1) for c in node.children)
+    return out
+
+
+#: The invariants that check incrementally (`VmoStateMachine._full_check`).
+_CHECKS = frozenset({"contents", "validate", "structure"})
+#: Calls whose effects a tree's generation need not show (pin counts, lock state, kernel-wide
+#: reclaim): after one, every invariant checks everything.
+_GLOBAL_CALLS = ("pin", "unpin", "reclaim", "dedup", "op:LOCK", "op:TRY_LOCK", "op:UNLOCK")
+
+
+def _no_pins(oracle: Oracle, v: OVmo) -> bool:
+    return not oracle.pinned_pages(v.target()[0])
+
+
+#: What `VmoStateMachine._fit` looks for, by kind of call.
+_FITS: dict[str, Callable[[Oracle, OVmo], bool]] = {
+    "resizable": lambda o, v: not v.closed and v.resizable and v.writable,
+    "sliceable": lambda o, v: not v.closed and not v.resizable and not v.discardable,
+    "clonable": lambda o, v: (not v.closed and not v.discardable and not v.is_slice
+                              and _no_pins(o, v)),
+    "decommittable": lambda o, v: not v.closed and v.writable and not o.has_cow_parent(v),
+    "discardable": lambda o, v: not v.closed and v.discardable,
+    "pinnable": lambda o, v: (not v.closed and v.size >= PAGE_SIZE
+                              and v.target()[0].disc != Disc.DISCARDED),
+}
 
 
 def _real_chain(node: Any) -> list[tuple[int, bool]]:
@@ -686,7 +1044,13 @@ def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
     cannot shrink (a hole in the middle), freeing their parents' pages but leaving the windows
     as they were; a page above them that no leaf on either side sees any more then stays with
     its bits as they were, unreachable, until a merge or close (in a node marked
-    ``partial_cow_release``). A page one side still sees must have the other side's bit."""
+    ``partial_cow_release``). The same release can stop one level down: a hidden node on one
+    side gives up part of its window in the middle of what the sibling below it still sees
+    (seed: ``ReleaseCowParentPagesLockedHelper`` with the sibling visible, which only sets
+    split bits where that level holds pages and marks it ``partial_cow_release``), so a page
+    above it keeps a clear bit on that side although no leaf there sees it, while the other
+    side still does; that is allowed only below a hidden node so marked that covers the page.
+    A set bit is never allowed where a leaf of that side sees the page."""
     split = hidden.pmm.split[frame]
     seen = []
     for child in hidden.children:
@@ -699,11 +1063,31 @@ def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
             continue
         if not sees and unreachable and hidden.partial_cow_release:
             continue
+        child = hidden.children[0 if side == SPLIT_LEFT else 1]
+        if not sees and _partial_release_below(child, off - child.parent_offset):
+            continue
         name = "left" if side == SPLIT_LEFT else "right"
         raise Mismatch(
             f"hidden node #{hidden.id} page at {off}: the {name} split bit is "
             f"{'set' if split & side else 'clear'} but {'a' if sees else 'no'} leaf "
             f"on that side sees the page")
+
+
+def _partial_release_below(node: Any, off: int) -> bool:
+    """Is there, from ``node`` down through the hidden nodes whose windows cover ``off``
+    (in each one's coordinates), one marked ``partial_cow_release``? Explicit stack."""
+    stack = [(node, off)]
+    while stack:
+        cur, cur_off = stack.pop()
+        if not cur.hidden or cur.page_list.get(cur_off) != EMPTY:
+            continue
+        if cur.partial_cow_release:
+            return True
+        for child in cur.children:
+            c_off = cur_off - child.parent_offset
+            if child.parent_start_limit <= c_off < child.parent_limit:
+                stack.append((child, c_off))
+    return False
 
 
 def _live_owner(node: Any) -> Any:

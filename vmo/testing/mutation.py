@@ -213,16 +213,21 @@ def replay(program: str, machine: type) -> BaseException | None:
     if lines and lines[-1].strip() == "state.teardown()":
         lines = lines[:-1]
     ns: dict[str, Any] = {machine.__name__: machine}
+    raised: BaseException | None = None
     try:
         exec(compile("\n".join(lines), "<program>", "exec"), ns)  # noqa: S102
     except BaseException as e:  # noqa: BLE001 - the answer
-        return e
-    finally:
-        state = ns.get("state")
-        if state is not None:
-            with contextlib.suppress(Exception):
-                state.teardown()
-    return None
+        raised = e
+    state = ns.get("state")
+    if state is not None:
+        # Teardown checks what the last steps changed (machines that check incrementally run
+        # their full checks there): a failure there is the program's, unless it already had one.
+        try:
+            state.teardown()
+        except Exception as e:  # noqa: BLE001 - the answer
+            if raised is None:
+                raised = e
+    return raised
 
 
 # ---------------------------------------------------------------------------- running
@@ -242,6 +247,9 @@ class MutantResult:
     steps: int = 0  #: rule calls the campaign ran
     repro_path: str | None = None
     program: str = ""  #: the shrunk program that kills the mutant (hypothesis's printout)
+    #: Programs that passed before the killing one (0: the first program killed it, e.g. one
+    #: replayed from the example database).
+    programs_before: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self))
@@ -251,7 +259,7 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
                machine: type | None = None, settings: Any = None,
                repro_dir: str | os.PathLike[str] | None = None,
                progress: Callable[[Any], None] | None = None,
-               shrink_seconds: float | None = 60.0) -> MutantResult:
+               shrink_seconds: float | None = 60.0, database: Any = None) -> MutantResult:
     """Fuzz ``machine`` with ``mutant`` applied, in this process, and judge the outcome.
 
     A program that fails counts as a kill only if it passes on the unmutated core (`replay`):
@@ -264,6 +272,10 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
 
     The verdict is "killed", "survived", "stale" (the target text is gone), "false kill" (only
     independent failures were found) or "error: ...".
+
+    With a ``database`` (anything `vmo.testing.run.run` takes), programs stored there are
+    replayed first and the killing program is stored: a fleet of campaigns against the same
+    mutant shares its kills (``vmo fuzz --mutant NAME --db redis://...``).
     """
     from hypothesis import Phase
 
@@ -281,7 +293,10 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         import random
 
         seed = random.SystemRandom().randrange(2**32)
-    no_shrink = {"phases": (Phase.explicit, Phase.generate, Phase.target)}
+    phases: tuple[Phase, ...] = (Phase.explicit, Phase.generate, Phase.target)
+    if database is not None:
+        phases = (Phase.explicit, Phase.reuse, *phases[1:])
+    no_shrink = {"phases": phases}
     overrides = no_shrink if settings is None else {**dict(settings), **no_shrink}
     start = time.monotonic()
     steps = 0
@@ -296,7 +311,7 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
         offset = time.monotonic() - start
         with mutant.applied():
             result = run(machine, seconds=left, seed=seed + attempt, settings=overrides,
-                         progress=progress, probes=False)
+                         progress=progress, probes=False, database=database)
         steps += result.steps
         f = result.failure
         if f is None:
@@ -343,7 +358,7 @@ def run_mutant(mutant: Mutant, *, seconds: float = 60.0, seed: int | None = None
     return MutantResult(mutant.name, True, "killed", time_to_kill=kill_time,
                         program_steps=kill.program_steps, failure=summary,
                         elapsed=time.monotonic() - start, steps=steps, repro_path=repro_path,
-                        program=program)
+                        program=program, programs_before=kill.programs_before)
 
 
 def _catalog_is_default(catalog: Path) -> bool:

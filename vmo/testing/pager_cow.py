@@ -30,8 +30,8 @@ P = PAGE_SIZE
 #: the rules that remain can still call them).
 _ANONYMOUS_RULES = ("create", "write", "read", "snapshot", "close", "filled", "write_pages",
                     "zero_inside", "snapshot_inside", "resize_pages", "create_child",
-                    "set_size", "op_range", "lock_op", "use_maybe_closed", "pin", "unpin",
-                    "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
+                    "set_size", "op_range", "lock_op", "use_maybe_closed", "bad_call", "pin",
+                    "unpin", "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
                     "cow_step")
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, consumes, invariant, multiple, rule
 
 from vmo.errors import Status, ZxError
-from vmo.page_list import EMPTY
+from vmo.page_list import EMPTY, MARKER
 from vmo.pager.source import PageRequestCommand
 from vmo.pager.user_pager import (
     WRITEBACK_BEGIN_ZERO_RANGE,
@@ -113,8 +113,8 @@ class PagerStateMachine(VmoStateMachine):
     # stay (anonymous VMOs share the arena and the page queues with pager-backed ones), so
     # that the pager's rules get most of the steps. A rule is switched off by shadowing it with
     # a plain method (still callable by the rules that remain).
-    for _name in ("set_size", "op_range", "lock_op", "use_maybe_closed", "pin", "unpin",
-                  "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
+    for _name in ("set_size", "op_range", "lock_op", "use_maybe_closed", "bad_call", "pin",
+                  "unpin", "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
                   "create_child", "cow_step"):
         if hasattr(VmoStateMachine, _name):
             locals()[_name] = not_a_rule(getattr(VmoStateMachine, _name))
@@ -132,8 +132,12 @@ class PagerStateMachine(VmoStateMachine):
         self.slices: list[Any] = []  # slices kept open by aow_of_slice (closed with the kernel)
 
     def teardown(self) -> None:
-        super().teardown()
-        os.close(self.disk_fd)
+        if self.__dict__.get("_torn_down"):
+            return
+        try:
+            super().teardown()
+        finally:
+            os.close(self.disk_fd)
 
     # ------------------------------------------------------------------ the pager's part
 
@@ -186,9 +190,13 @@ class PagerStateMachine(VmoStateMachine):
             if e.status not in allowed:
                 raise Mismatch(f"{what} koid {node.real.koid}: unexpected {e}") from e
             self._count(f"{what}:failed")
+            if self.rule_outcome is None:
+                self.rule_outcome = False
             return e
         finally:
             self.fail_next = None
+        if self.rule_outcome is None:
+            self.rule_outcome = True
         return result
 
     def _sync_own(self, node: PNode, first: int, end: int) -> None:
@@ -244,10 +252,22 @@ class PagerStateMachine(VmoStateMachine):
         CreateCloneLocked), it sees no more of ``v`` than the slice does, however far past
         the slice it reaches. The slice is closed at once unless ``keep_slice`` (it owns no
         pages; the clone hangs above it either way)."""
-        if v.closed:
-            return multiple()
+        if v.closed or v.resizable:
+            # A slice needs a parent that is not resizable: the next open one (a slice of a
+            # resizable VMO is an error the bad-input tests cover), else the error path.
+            fixed = [n for n in self.pnodes if not n.closed and not n.resizable
+                     and n.real.koid > v.real.koid]
+            fixed = fixed or [n for n in self.pnodes if not n.closed and not n.resizable]
+            if fixed:
+                v = fixed[0]
+            elif v.closed:
+                return multiple()
         sl_off = min(vs.resolve(slice_at, v.size), max(0, v.size - P)) // P
         sl_pages = min(slice_pages, v.size // P - sl_off)
+        content_end = len(v.the_root().content.rstrip(b"\0")) // P  # pages with data below
+        if sl_off + 1 < content_end:
+            # End the slice where the parent still has data past it, for the clone to reach.
+            sl_pages = min(sl_pages, content_end - sl_off - 1)
         if sl_pages <= 0:
             return multiple()
         if v.resizable:
@@ -259,6 +279,10 @@ class PagerStateMachine(VmoStateMachine):
                                                      sl_pages * P))
         assert sl is not None
         offset = vs.resolve(at, sl_pages * P)
+        # The clone reaches past the end of the slice (what only a clone made on the slice's
+        # own node keeps from seeing: the parent's pages there); clones inside a window are
+        # `aow_child`'s.
+        npages = max(npages, (sl_pages * P - min(offset, sl_pages * P)) // P + 1)
         c = self.expect("pager:aow", None,
                         lambda: sl.create_child(ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE, offset,
                                                 npages * P))
@@ -312,6 +336,73 @@ class PagerStateMachine(VmoStateMachine):
             self._sync_own(v, first, end)
             return
         self._apply_write(v, offset, data)
+
+    @rule(v=pvmos, at=vs.aligned_positions(), npages=st.integers(1, 4))
+    def zero_supplied_markers(self, v: PNode, at: tuple[int, int], npages: int) -> None:
+        """Supply pages of ``v``'s root past the end of its disk from the file (they arrive as
+        clean zero markers, `supply_pages_from_fd`), then ZERO them: a marker already reads
+        as zeros, so the ZERO must leave it clean (seed: ``ZeroPagesLocked``), and the dirty
+        ranges must not report it."""
+        root = v.the_root()
+        if root.closed or root.detached or root.size < P:
+            return
+        disk_end = (len(root.disk) + P - 1) // P * P
+        if disk_end >= root.size:
+            return
+        offset = min(max(disk_end, vs.resolve(at, root.size) // P * P), root.size - P)
+        length = min(npages * P, root.size - offset)
+        os.ftruncate(self.disk_fd, 0)  # the file ends before ``offset``: every page a marker
+        result = self._call("pager:supply_markers", root,
+                            lambda: self.pager.supply_pages_from_fd(root.real, offset, length,
+                                                                    self.disk_fd, 0))
+        if isinstance(result, ZxError):
+            return
+        first, end = offset // P, (offset + length) // P
+        # Pages that were absent are markers now; present ones kept what they had.
+        cow = root.real.cow
+        with root.real._hier.lock:
+            root.markers.update(p for p in range(first, end)
+                                if cow.page_list.get(p) == MARKER and p not in root.must_dirty)
+        result = self._call("pager:ZERO", root,
+                            lambda: root.real.op_range(VmoOp.ZERO, offset, length))
+        if isinstance(result, ZxError):
+            root.may_dirty.update(p for p in range(first, end) if p not in root.markers)
+            return
+        self._apply_zero(root, offset, length)
+
+    @rule(v=pvmos, at=vs.aligned_positions(), npages=st.integers(1, 4),
+          write_first=st.booleans(), twice=st.booleans(), seed=vs.seeds)
+    def supply_unasked(self, v: PNode, at: tuple[int, int], npages: int, write_first: bool,
+                       twice: bool, seed: int) -> None:
+        """The pager supplies a range of ``v``'s root that nobody asked for, from the disk: a
+        prefetch over a range partly present, or the answer to a request that arrives after
+        the page was written (a supply racing with a write: with ``write_first``, a page of
+        the range is written just before the supply, whose bytes were read from the disk
+        before the write). With ``twice`` the same range is supplied again, every page present
+        by then. Present pages keep their content (seed: ``SupplyPagesLocked``); absent pages
+        get the disk's bytes, which is what they read as anyway: the content must not
+        change."""
+        root = v.the_root()
+        if root.closed or root.detached or root.size < P:
+            return
+        offset = min(vs.resolve(at, root.size), root.size - P) // P * P
+        length = min(npages * P, root.size - offset)
+        stale = bytes(root.disk[offset:offset + length]).ljust(length, b"\0")
+        if write_first:
+            woff = offset + (seed % (length // P)) * P
+            data = vs.payload(seed, P)
+            result = self._call("pager:write", root, lambda: root.real.write(data, woff))
+            if isinstance(result, ZxError):
+                return
+            self._apply_write(root, woff, data)
+        for _ in range(2 if twice else 1):
+            aux = self.k.vmo_create(length)
+            try:
+                aux.write(stale)
+                self._call("pager:supply_unasked", root,
+                           lambda a=aux: self.pager.supply_pages(root.real, offset, length, a, 0))
+            finally:
+                aux.close()
 
     def _apply_zero(self, v: PNode, offset: int, length: int) -> None:
         """ZERO of a root: the bytes become zeros. A page whose bytes in the range were zeros

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
+import inspect
 import multiprocessing
 import os
 import queue as queue_mod
@@ -60,6 +62,7 @@ __all__ = [
     "merge_stats",
     "operation_mix",
     "program_steps",
+    "rule_shares",
     "run",
     "write_repro",
 ]
@@ -84,7 +87,9 @@ COVERAGE_KEYS: dict[str, str] = {
 }
 
 #: Stats keys that are not operation counts.
-_SPECIAL = {"steps", "programs", "max_depth", "merges"}
+_SPECIAL = {"steps", "programs", "max_depth", "max_width", "merges"}
+#: Stats keys that are maxima over jobs, not sums.
+_MAXIMA = {"max_depth", "max_width"}
 
 
 # ---------------------------------------------------------------------------- results
@@ -103,6 +108,9 @@ class Failure:
     found_after: float  #: seconds from the start of the campaign to the first failing program
     notes: list[str] = attrs.Factory(list)  #: hypothesis notes that are not program lines
     repro_path: Path | None = None
+    #: Programs of its job that passed before the first failing one: 0 when the failure was
+    #: the job's first program (a failure replayed from the example database).
+    programs_before: int = 0
 
     def summary(self) -> str:
         first = self.message.strip().splitlines()[0] if self.message.strip() else ""
@@ -171,7 +179,7 @@ def merge_stats(parts: list[Counter[str]]) -> Counter[str]:
     out: Counter[str] = Counter()
     for p in parts:
         for k, v in p.items():
-            if k == "max_depth":
+            if k in _MAXIMA:
                 out[k] = max(out[k], v)
             else:
                 out[k] += v
@@ -183,7 +191,7 @@ def operation_mix(stats: Mapping[str, int]) -> list[tuple[str, int, int]]:
     calls: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for k, v in stats.items():
-        if k in _SPECIAL or k.startswith("cov."):
+        if k in _SPECIAL or k.startswith(("cov.", "rule:", "bad:")):
             continue
         if ":ERR_" in k:
             errors[k.split(":ERR_")[0]] += v
@@ -393,6 +401,9 @@ class _Campaign:
     progress_interval: float = 0.5
     jobs: int = 1
     failing_since: float | None = None
+    #: Programs that had passed when the first one failed (0: the very first program, e.g. a
+    #: failure replayed from the example database).
+    programs_before_failure: int = 0
     #: Once a program failed, hypothesis normally shrinks and reports it; should it not (a
     #: failure that never replays, an error outside the program), stop after this long.
     give_up_after: float = 900.0
@@ -439,13 +450,23 @@ def _instrument(machine: type[RuleBasedStateMachine], campaign: _Campaign) -> ty
         if (campaign.failing_since is None and isinstance(exc, Exception)
                 and not isinstance(exc, HypothesisException)):
             campaign.failing_since = time.monotonic()
+            campaign.programs_before_failure = campaign.stats["programs"]
             if campaign.progress is not None:
                 campaign.progress(campaign.snapshot())
         campaign.stats["programs"] += 1
         campaign.validate_seconds += getattr(self, "step_time_validate", 0.0)
-        machine.teardown(self)
+        try:
+            machine.teardown(self)
+        except Exception as e:
+            # Machines may check at teardown (the end of the program): a failure there is the
+            # program's, and the budget must not stop hypothesis from shrinking it.
+            if campaign.failing_since is None and not isinstance(e, HypothesisException):
+                campaign.failing_since = time.monotonic()
+                campaign.programs_before_failure = campaign.stats["programs"] - 1
+            raise
 
-    ns = {
+    ns: dict[str, Any] = _counted_rules(machine, campaign.stats)
+    ns |= {
         "check_invariants": check_invariants,
         "teardown": teardown,
         "stats": campaign.stats,
@@ -455,6 +476,76 @@ def _instrument(machine: type[RuleBasedStateMachine], campaign: _Campaign) -> ty
         "__doc__": machine.__doc__,
     }
     return type(machine.__name__, (machine,), ns)
+
+
+def _counted_rules(machine: type[RuleBasedStateMachine], stats: Counter[str]) -> dict[str, Any]:
+    """Replacements for every rule of ``machine`` that count its calls (``rule:NAME``) and
+    the calls that did real work (``rule:NAME:ok``): the machine sets ``rule_outcome`` to
+    True or False at its first checked call of the step (`VmoStateMachine.expect` does), and
+    a rule that never sets it is counted as a call that did nothing. Rules named in the
+    machine's ``error_rules`` exist to make bad calls; they are counted as ``bad:NAME``
+    (``:ok`` then means the call failed, as it should). The printed programs do not change:
+    the replacements keep the rules' names and arguments."""
+    import dataclasses
+
+    from hypothesis.stateful import RULE_MARKER
+
+    out: dict[str, Any] = {}
+    if not hasattr(machine, "rule_outcome"):
+        return out  # a machine that does not say which calls did real work
+    error_rules = frozenset(getattr(machine, "error_rules", ()))
+    for name, member in inspect.getmembers(machine):
+        rule = getattr(member, RULE_MARKER, None)
+        if rule is None:
+            continue
+        original = rule.function
+        prefix = "bad" if name in error_rules else "rule"
+        calls_key, ok_key = f"{prefix}:{name}", f"{prefix}:{name}:ok"
+        want = prefix == "rule"
+
+        def counted(self: Any, *args: Any, _f: Any = original, _calls: str = calls_key,
+                    _ok: str = ok_key, _want: bool = want, **kwargs: Any) -> Any:
+            if self.__dict__.get("_vmo_in_rule"):
+                return _f(self, *args, **kwargs)  # a rule that calls another: count the outer
+            self._vmo_in_rule = True
+            self.rule_outcome = None
+            try:
+                return _f(self, *args, **kwargs)
+            finally:
+                self._vmo_in_rule = False
+                stats[_calls] += 1
+                if self.rule_outcome is _want:
+                    stats[_ok] += 1
+
+        functools.update_wrapper(counted, original)
+        try:
+            new_rule = dataclasses.replace(rule, function=counted)
+        except (TypeError, ValueError):
+            continue  # a hypothesis whose Rule changed shape: count nothing for this rule
+
+        def proxy(self: Any, *args: Any, _f: Any = counted, **kwargs: Any) -> Any:
+            return _f(self, *args, **kwargs)
+
+        functools.update_wrapper(proxy, original)
+        setattr(proxy, RULE_MARKER, new_rule)
+        out[name] = proxy
+    return out
+
+
+def rule_shares(stats: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Per rule: calls, calls that did real work and their share, most called first. Rules
+    that exist to make bad calls (``error_rules``) have ``"bad": True`` and count the calls
+    that failed as they should."""
+    rows: list[dict[str, Any]] = []
+    for key, calls in stats.items():
+        prefix, _, name = key.partition(":")
+        if prefix not in ("rule", "bad") or ":" in name or not calls:
+            continue
+        ok = stats.get(f"{key}:ok", 0)
+        rows.append({"rule": name, "calls": calls, "ok": ok, "share": ok / calls,
+                     "bad": prefix == "bad"})
+    rows.sort(key=lambda r: (r["bad"], -r["calls"]))
+    return rows
 
 
 def _base_settings(database: ExampleDatabase | None) -> Settings:
@@ -481,6 +572,10 @@ def _open_database(database: str | os.PathLike[str] | ExampleDatabase | None
                    ) -> ExampleDatabase | None:
     if database is None or isinstance(database, ExampleDatabase):
         return database
+    from vmo.testing.databases import is_redis_url, open_redis
+
+    if is_redis_url(database):
+        return open_redis(str(database))
     return DirectoryBasedExampleDatabase(os.fspath(database))
 
 
@@ -552,6 +647,7 @@ def _failure_dict(e: BaseException, machine: type, seed: int,
         "seed": seed,
         "found_after": found,
         "notes": other_notes,
+        "programs_before": campaign.programs_before_failure,
     }
 
 
@@ -741,9 +837,11 @@ def run(machine: type[RuleBasedStateMachine] | None = None, *, seconds: float | 
             defaults: no example cap, no deadline, no health checks, no explain phase.
         progress: called with a `Progress` about every ``progress_interval`` seconds, from this
             process (also when ``jobs > 1``).
-        database: a directory path (``DirectoryBasedExampleDatabase``) or any hypothesis
-            ``ExampleDatabase``, shared by every job; failures found earlier are replayed
-            first. None: no database.
+        database: a directory path (``DirectoryBasedExampleDatabase``), a
+            ``redis://HOST:PORT/DB`` URL (``RedisExampleDatabase``; see
+            `vmo.testing.databases.open_database` for layering it with a local directory) or
+            any hypothesis ``ExampleDatabase``, shared by every job; failures found earlier are
+            replayed first. None: no database.
         repro_dir: when given and a program fails, `write_repro` saves it there as
             ``test_repro_<seed>.py`` (`Failure.repro_path`).
         repro_context: ``(import line, context manager expression)`` to wrap the repro in, for
@@ -809,7 +907,12 @@ def _run_parts(machine: type, *, seconds: float | None, steps: int | None, jobs:
         return [_run_single(machine, steps=steps, seed=seed, stop_event=None, jobs=1,
                             **common)]
     if isinstance(database, (str, os.PathLike)):
-        Path(database).mkdir(parents=True, exist_ok=True)
+        from vmo.testing.databases import is_redis_url
+
+        if is_redis_url(database):
+            database = _open_database(database)  # once, and fail here if unreachable
+        else:
+            Path(database).mkdir(parents=True, exist_ok=True)
     return _run_jobs(machine, jobs=jobs, steps=steps, seed=seed, **common)
 
 

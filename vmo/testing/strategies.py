@@ -76,6 +76,25 @@ def positions() -> st.SearchStrategy[tuple[int, int]]:
     return st.tuples(permille, delta)
 
 
+def inside_positions() -> st.SearchStrategy[tuple[int, int]]:
+    """Like `positions`, but never at or past the end once `resolve_inside` clamps them: for
+    rules whose calls should do real work (the bad offsets have a rule of their own)."""
+    permille = st.one_of(st.sampled_from([0, 0, 250, 500, 750, 999]), st.integers(0, 999),
+                         st.integers(0, 999))
+    delta = st.sampled_from([0, 0, 0, 0, 0, 0, 1, -1, 7, 4095])
+    return st.tuples(permille, delta)
+
+
+def resolve_inside(position: tuple[int, int], size: int) -> int:
+    """The offset a position means, kept inside ``[0, size]`` (``size`` only when empty)."""
+    return min(resolve(position, size), max(0, size - 1))
+
+
+def fit_length(length: int, offset: int, size: int) -> int:
+    """A `lengths` value resolved and cut at the end of the VMO."""
+    return max(0, min(resolve_length(length, offset, size), size - offset))
+
+
 def aligned_positions() -> st.SearchStrategy[tuple[int, int]]:
     permille = st.one_of(st.sampled_from([0, 0, 500]), st.integers(0, 1000),
                          st.integers(1000, 1500))
@@ -100,3 +119,7 @@ CHILD_KINDS = ("snapshot", "aow", "slice")
 OPS = ("COMMIT", "DECOMMIT", "ZERO", "DONT_NEED", "ALWAYS_NEED", "PREFETCH", "CACHE_SYNC",
        "CACHE_CLEAN_INVALIDATE")
 LOCK_OPS = ("LOCK", "TRY_LOCK", "UNLOCK")
+#: The kinds of call `VmoStateMachine.bad_call` makes (each should fail).
+BAD_CALLS = ("read_past", "read_overlong", "write_past", "op_past", "decommit_ragged",
+             "resize_fixed", "slice_bad", "child_ragged", "pin_bad", "unlock_unlocked",
+             "size_huge")
