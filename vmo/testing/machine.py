@@ -1066,6 +1066,12 @@ def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
         child = hidden.children[0 if side == SPLIT_LEFT else 1]
         if not sees and _partial_release_below(child, off - child.parent_offset):
             continue
+        if not sees and hidden.partial_cow_release and child.hidden:
+            # A merge does not carry ``partial_cow_release`` down (seed: MergeContentWithChild):
+            # the node that released in the middle of its window may have merged into a child
+            # that now covers the page with that stale window. The seed's own validator accepts
+            # any unseen page under a node so marked.
+            continue
         name = "left" if side == SPLIT_LEFT else "right"
         raise Mismatch(
             f"hidden node #{hidden.id} page at {off}: the {name} split bit is "
