@@ -15,7 +15,7 @@ from vmo.testing.pager_machine import PagerStateMachine
 
 # Notes from the failing run:
 #     WARNING: Hypothesis has spent more than five minutes working to shrink a failing test case, and stopped because it is making very slow progress.  When you re-run your tests, shrinking will resume and may take this long before aborting again.
-#     
+#
 #     PLEASE REPORT THIS if you can provide a reproducing example, so that we can improve shrinking performance for everyone.
 
 
