@@ -30,8 +30,12 @@ def test_rules_do_real_work_and_bad_calls_are_counted_apart() -> None:
     shares = rule_shares(r.stats)
     good = [s for s in shares if not s["bad"] and s["calls"] >= 20]
     assert len(good) >= 6
-    low = [(s["rule"], s["calls"], round(s["share"], 2)) for s in good if s["share"] < 0.7]
+    # Most rules do real work in 80-100% of their calls; a few dip towards 60% in programs
+    # whose VMOs are mostly discarded or pinned (see docs/fuzzing.md, "rules: real work").
+    low = [(s["rule"], s["calls"], round(s["share"], 2)) for s in good if s["share"] < 0.5]
     assert not low, f"rules whose calls mostly do nothing: {low}"
+    ordered = sorted(s["share"] for s in good)
+    assert ordered[len(ordered) // 2] >= 0.8, ordered
     bad = {s["rule"]: s for s in shares if s["bad"]}
     assert "bad_call" in bad
     # Bad calls are errors most of the time, and those errors are not in the good rules' mix.
