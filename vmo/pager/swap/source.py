@@ -57,7 +57,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import vmo._args as _args
@@ -319,25 +319,15 @@ class SwapSource:
         with self._step_lock:
             self._check_open()
             t0 = time.perf_counter()
-            written = 0
+            progress = [0]
             try:
-                for src in self._live_sources():
-                    while True:
-                        with src.node.hier.lock:
-                            if src.region.closed:
-                                break
-                            n = self.handler.swap_out_locked(
-                                src.region, STEP_PAGES if max_pages is None else max_pages)
-                        written += n
-                        if n == 0 or max_pages is not None:
-                            break
-                    if written and max_pages is not None:
-                        break
+                self._step_regions(self.handler.swap_out_locked, max_pages, progress)
             except OSError as e:
                 self._fail_locked(f"swap_out: {e}")
                 raise io_error(e, "swap_out: writing the swap file") from e
             finally:
-                self._state.account(written, time.perf_counter() - t0)
+                self._state.account(progress[0], time.perf_counter() - t0)
+            written = progress[0]
             self._settle_locked()
             self._trace("swap_out", written)
             return written
@@ -358,24 +348,31 @@ class SwapSource:
             self._trace("swap_in", done)
             return done
 
+    def _step_regions(self, step: Callable[[Region, int], int], max_pages: int | None,
+                      progress: list[int]) -> None:
+        """Run ``step`` (swap out or in) over every live region, each call under that
+        hierarchy's lock: with ``max_pages``, one run of at most that many pages, else
+        `STEP_PAGES` at a time until nothing is left. ``progress[0]`` counts the pages as
+        they go, so that a step failing part-way still has what was done accounted."""
+        for src in self._live_sources():
+            while True:
+                with src.node.hier.lock:
+                    if src.region.closed:
+                        break
+                    n = step(src.region, STEP_PAGES if max_pages is None else max_pages)
+                progress[0] += n
+                if n == 0 or max_pages is not None:
+                    break
+            if progress[0] and max_pages is not None:
+                break
+
     def _swap_in_locked(self, max_pages: int | None) -> int:
         t0 = time.perf_counter()
         if self._state.state != SwapState.FAILED:
             self._state.enter(SwapState.SWAP_IN_IN_PROGRESS)
-        done = 0
+        progress = [0]
         try:
-            for src in self._live_sources():
-                while True:
-                    with src.node.hier.lock:
-                        if src.region.closed:
-                            break
-                        n = self.handler.swap_in_locked(
-                            src.region, STEP_PAGES if max_pages is None else max_pages)
-                    done += n
-                    if n == 0 or max_pages is not None:
-                        break
-                if done and max_pages is not None:
-                    break
+            self._step_regions(self.handler.swap_in_locked, max_pages, progress)
         except ZxError as e:
             self._fail_locked(f"swap_in: {e}")
             raise
@@ -383,7 +380,8 @@ class SwapSource:
             self._fail_locked(f"swap_in: {e}")
             raise io_error(e, "swap_in: reading the swap file") from e
         finally:
-            self._state.account(done, time.perf_counter() - t0)
+            self._state.account(progress[0], time.perf_counter() - t0)
+        done = progress[0]
         if not any(s.region.staging_pages or s.region.swap_pages for s in self._live_sources()):
             self._state.enter(SwapState.READY)
         return done
