@@ -105,6 +105,26 @@ def test_jobs_share_a_database(tmp_path: Path) -> None:
     assert db.is_dir()
 
 
+def test_campaigns_stay_random_under_ci(tmp_path: Path) -> None:
+    """With CI=true hypothesis's default profile derandomizes (and drops the database); a
+    campaign and the HypoFuzz targets must not inherit that (CI once failed on it)."""
+    probe = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from vmo.testing.run import _base_settings
+        campaign = _base_settings(None).derandomize
+        import fuzz.test_targets as t  # (loads its own profile as the default)
+        print(campaign, t._SETTINGS.derandomize)
+    """)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True,
+                         text=True, env=dict(os.environ, CI="true",
+                                             VMO_FUZZ_DB=str(tmp_path / "db")),
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_failing_machine_gives_a_repro_that_fails(tiny: type, tmp_path: Path) -> None:
     out = tmp_path / "failures"
     r = run(tiny, seconds=20, seed=3, repro_dir=out)

@@ -551,6 +551,9 @@ def rule_shares(stats: Mapping[str, int]) -> list[dict[str, Any]]:
 def _base_settings(database: ExampleDatabase | None) -> Settings:
     return Settings(
         max_examples=10**9, deadline=None, database=database, print_blob=False,
+        # Under CI=true hypothesis's default profile derandomizes, which would also stop the
+        # campaign from saving its finds: a campaign is random wherever it runs.
+        derandomize=False,
         suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
         phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink),
     )
