@@ -172,6 +172,12 @@ class CowPages:
         self.is_slice = is_slice
         self.page_list = PageList()
         self.partial_cow_release = False
+        # Validator bookkeeping, not in the seed, decides nothing: this node took the place of
+        # a hidden parent that did a partial release (or had itself taken such a place). A
+        # merge does not carry ``partial_cow_release`` down, so the window this node inherits
+        # may still cover pages above it that none of its leaves sees, with their split bits
+        # clear; the state machines' exact split-bit check accepts that only here.
+        self.merged_partial_release = False
         self.page_source = page_source
         self.supply_zero_offset = NO_SUPPLY_ZERO
         self.awaiting_clean_zero_range_end = 0
@@ -499,7 +505,9 @@ class CowPages:
         frames, absent = self.resolve_range(start, start + count)
         if absent:
             raise NeedPages(self.root(), absent[0], _run_length(absent))
-        if self.root().page_source is not None:
+        # The hierarchy knows its root: no walk up the levels on every read.
+        root = self.hier.root
+        if root is not None and root.page_source is not None:
             self.pmm.touch_many(frames)
         return frames
 
@@ -686,7 +694,9 @@ class CowPages:
         frames, absent = self.resolve_range(first, last)
         if absent:
             raise NeedPages(self.root(), absent[0], _run_length(absent))
-        if self.root().page_source is not None:
+        # The hierarchy knows its root: no walk up the levels on every read.
+        root = self.hier.root
+        if root is not None and root.page_source is not None:
             self.pmm.touch_many(frames)
         return frames
 
@@ -1298,6 +1308,8 @@ class CowPages:
                 self._merge_content_with_child_locked(removed, removed_left)
         else:
             self._merge_content_with_child_locked(removed, removed_left)
+        if self.partial_cow_release or self.merged_partial_release:
+            child.merged_partial_release = True
         if child.page_attribution_user_id != self.page_attribution_user_id:
             # The VMO this node's pages were charged to just closed. Each hidden ancestor that
             # was charging it as well now charges its child we did not come up through.

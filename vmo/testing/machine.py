@@ -768,17 +768,20 @@ class VmoStateMachine(RuleBasedStateMachine):
             self._write_at(d, 0, vs.payload(seed, PAGE_SIZE))
         self._lock_op(d, "UNLOCK", True)
 
-    @rule(first=discardables, second=discardables, target_pages=st.sampled_from([1, 2]),
-          seed=vs.seeds, relock_first=st.booleans())
-    def reclaim_order(self, first: OVmo, second: OVmo, target_pages: int, seed: int,
-                      relock_first: bool = False) -> None:
+    @rule(first=st.one_of(discardables, st.none()), second=st.one_of(discardables, st.none()),
+          target_pages=st.sampled_from([1, 2]), seed=vs.seeds, relock_first=st.booleans())
+    def reclaim_order(self, first: OVmo | None, second: OVmo | None, target_pages: int,
+                      seed: int, relock_first: bool = False) -> None:
         """Unlock two discardable VMOs in a known order, each holding a page, then reclaim a
         page or two: the older unlock goes first (the seed's reclaim list is in unlock order),
         which only a small reclaim with two candidates can show (drawn twice, the one VMO
-        goes alone, or with ``relock_first`` with a new one). With ``relock_first`` the first
-        is locked and unlocked again, which must move it behind the second."""
-        first, second = self._fit(first, "discardable"), self._fit(second, "discardable")
-        if first is second and relock_first:
+        goes alone on odd seeds, else with a new one; ``None`` is a new one-page VMO, so that
+        the rule needs no earlier ``create_discardable``). With ``relock_first`` the first is
+        locked and unlocked again, which must move it behind the second."""
+        first, second = self._discardable_or_new(first), self._discardable_or_new(second)
+        if first is None or second is None:
+            return
+        if first is second and (relock_first or seed % 2 == 0):
             # One discardable VMO drawn twice: a second one, of one page, for the order.
             other = self.create(PAGE_SIZE, False, True)
             if isinstance(other, OVmo):
@@ -797,6 +800,14 @@ class VmoStateMachine(RuleBasedStateMachine):
             self._lock_op(first, "UNLOCK", True)
             return
         self.kernel_op(target_pages)
+
+    def _discardable_or_new(self, d: OVmo | None) -> OVmo | None:
+        """``d`` fitted to a discardable VMO, or a new one-page discardable VMO (None if
+        the arena cannot hold one)."""
+        if d is not None:
+            return self._fit(d, "discardable")
+        new = self.create(PAGE_SIZE, False, True)
+        return new if isinstance(new, OVmo) else None
 
     @rule(target_pages=st.sampled_from([1, 2, 1 << 20]),
           min_age=st.sampled_from([0.0, 0.0, 3600.0]))
@@ -1068,8 +1079,10 @@ def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
     (seed: ``ReleaseCowParentPagesLockedHelper`` with the sibling visible, which only sets
     split bits where that level holds pages and marks it ``partial_cow_release``), so a page
     above it keeps a clear bit on that side although no leaf there sees it, while the other
-    side still does; that is allowed only below a hidden node so marked that covers the page.
-    A set bit is never allowed where a leaf of that side sees the page."""
+    side still does; that is allowed only below a hidden node so marked that covers the page,
+    or one that took the place of such a node in a merge (``merged_partial_release``: a merge
+    does not carry the mark down). A set bit is never allowed where a leaf of that side sees
+    the page."""
     split = hidden.pmm.split[frame]
     seen = []
     for child in hidden.children:
@@ -1084,12 +1097,6 @@ def _check_split_bits(hidden: Any, off: int, frame: int) -> None:
             continue
         child = hidden.children[0 if side == SPLIT_LEFT else 1]
         if not sees and _partial_release_below(child, off - child.parent_offset):
-            continue
-        if not sees and hidden.partial_cow_release and child.hidden:
-            # A merge does not carry ``partial_cow_release`` down (seed: MergeContentWithChild):
-            # the node that released in the middle of its window may have merged into a child
-            # that now covers the page with that stale window. The seed's own validator accepts
-            # any unseen page under a node so marked.
             continue
         name = "left" if side == SPLIT_LEFT else "right"
         raise Mismatch(
@@ -1106,7 +1113,10 @@ def _partial_release_below(node: Any, off: int) -> bool:
         cur, cur_off = stack.pop()
         if not cur.hidden or cur.page_list.get(cur_off) != EMPTY:
             continue
-        if cur.partial_cow_release:
+        if cur.partial_cow_release or cur.merged_partial_release:
+            # (A merge does not carry ``partial_cow_release`` down, seed:
+            # MergeContentWithChild: the node that released in the middle of its window may
+            # have merged into this one, which covers the page with that stale window.)
             return True
         for child in cur.children:
             c_off = cur_off - child.parent_offset

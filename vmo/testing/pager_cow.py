@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import initialize, rule
+from hypothesis.stateful import initialize, multiple, rule
 
 from vmo.pmm import PAGE_SIZE
 from vmo.testing import strategies as vs
@@ -32,7 +32,7 @@ _ANONYMOUS_RULES = ("create", "write", "read", "snapshot", "close", "filled", "w
                     "zero_inside", "snapshot_inside", "resize_pages", "create_child",
                     "set_size", "op_range", "lock_op", "use_maybe_closed", "bad_call", "pin",
                     "unpin", "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
-                    "cow_step")
+                    "cow_step", "reclaim_order")
 
 
 class PagerCowMachine(PagerStateMachine):
@@ -68,14 +68,18 @@ class PagerCowMachine(PagerStateMachine):
         """Any size, smaller or larger (children below must stop seeing a cut tail)."""
         self.p_resize(v=v, npages=npages)
 
-    @rule(v=pvmos, permille=st.integers(0, 999), write=st.sampled_from([True, True, False]),
-          seed=vs.seeds)
-    def truncate_and_regrow(self, v: Any, permille: int, write: bool, seed: int) -> None:
+    @rule(target=pvmos, v=pvmos, permille=st.integers(0, 999),
+          write=st.sampled_from([True, True, False]), clone=st.booleans(), seed=vs.seeds)
+    def truncate_and_regrow(self, v: Any, permille: int, write: bool, seed: int,
+                            clone: bool = False) -> Any:
         """Truncate ``v`` and extend it back to its size (a file truncated and rewritten),
         then perhaps write the regrown tail. Clones below must read zeros there, not the new
-        data; clones made of ``v`` later must not see what ``v`` no longer sees."""
+        data; clones made of ``v`` later must not see what ``v`` no longer sees: with
+        ``clone`` (and no write), a clone of a window across the cut follows at once. It
+        hangs above ``v`` (``v`` has no pages there), so its limit must be clipped to what
+        ``v`` sees on the way up."""
         if v.closed or not v.resizable:
-            return
+            return multiple()
         pages = v.size // P
         keep = vs.resolve((permille, 0), v.size) // P
         self.p_resize(v=v, npages=keep)
@@ -83,3 +87,8 @@ class PagerCowMachine(PagerStateMachine):
         if write and v.size == pages * P and pages > keep:
             self.p_write(v=v, at=(0, keep * P), length=(pages - keep) * P, seed=seed,
                          fail=None)
+        elif clone and v.size == pages * P and pages > keep:
+            start = max(0, keep - 1)
+            return self.aow_child(v=v, at=(0, start * P), npages=pages - start,
+                                  resizable=False)
+        return multiple()
