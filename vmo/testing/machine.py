@@ -701,6 +701,34 @@ class VmoStateMachine(RuleBasedStateMachine):
             self.close(backup)
         return multiple(*(x for x in (child, inner) if isinstance(x, OVmo)))
 
+    @rule(target=vmos, v=vmos, page=st.integers(0, 999), other=st.integers(0, 999),
+          both=st.sampled_from([True, True, False]), seed=vs.seeds)
+    def fork_below_then_merge(self, v: OVmo, page: int, other: int, both: bool,
+                              seed: int) -> Any:
+        """Snapshot ``v`` as a backup, then again (``v``'s hidden parent gets a hidden child
+        with ``v`` and the new snapshot below it); write one page in ``v`` and (with
+        ``both``) the same page in the snapshot, so that the copy forked into the hidden
+        child migrates on and leaves its slot empty; the backup writes another page; then the
+        backup closes and the top hidden node merges into the hidden one below (the merge's
+        general path). A page the lower side forked is stale and must go; one only the
+        backup forked is still seen below and must move down. Returns the new snapshot."""
+        v = self._fit(v, "clonable")
+        if not v.size:
+            return multiple()
+        backup = self._create_child(v, "snapshot", 0, v.size, False, False)
+        if not isinstance(backup, OVmo):
+            return multiple()
+        snap = self._create_child(v, "snapshot", 0, v.size, False, False)
+        pages = v.size // PAGE_SIZE
+        at = page * pages // 1000 * PAGE_SIZE
+        if isinstance(snap, OVmo):
+            self._write_at(v, at, vs.payload(seed, PAGE_SIZE))
+            if both:
+                self._write_at(snap, at, vs.payload(seed + 1, PAGE_SIZE))
+        self._write_at(backup, other * pages // 1000 * PAGE_SIZE, vs.payload(seed + 2, 64))
+        self.close(backup)
+        return snap if isinstance(snap, OVmo) else multiple()
+
     @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
           zero_first=st.booleans(), keep=st.sampled_from([False, False, False, True]))
     def pin_then_dedup(self, v: OVmo, at: tuple[int, int], npages: int,

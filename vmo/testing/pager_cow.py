@@ -22,17 +22,20 @@ from hypothesis.stateful import initialize, multiple, rule
 
 from vmo.pmm import PAGE_SIZE
 from vmo.testing import strategies as vs
+from vmo.testing.machine import VmoStateMachine
 from vmo.testing.pager_machine import PagerStateMachine, not_a_rule
+
+# How hypothesis marks the functions it runs as rules and initialize rules.
+_RULE_MARKERS = ("hypothesis_stateful_rule", "hypothesis_stateful_initialize_rule")
 
 P = PAGE_SIZE
 
-#: Rules of the anonymous-VMO machine switched off here (shadowed by plain methods, so that
-#: the rules that remain can still call them).
-_ANONYMOUS_RULES = ("create", "write", "read", "snapshot", "close", "filled", "write_pages",
-                    "zero_inside", "snapshot_inside", "resize_pages", "create_child",
-                    "set_size", "op_range", "lock_op", "use_maybe_closed", "bad_call", "pin",
-                    "unpin", "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
-                    "cow_step", "reclaim_order")
+#: Every rule of the anonymous-VMO machine (`VmoStateMachine`), switched off here by
+#: shadowing it with a plain method (so that the rules that remain can still call it): the
+#: scenario rules added to that machine later are switched off too without being listed.
+_ANONYMOUS_RULES = tuple(
+    name for name, fn in vars(VmoStateMachine).items()
+    if callable(fn) and any(hasattr(fn, marker) for marker in _RULE_MARKERS))
 
 
 class PagerCowMachine(PagerStateMachine):
