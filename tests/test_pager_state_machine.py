@@ -52,3 +52,20 @@ def test_partial_zero_of_a_child_makes_the_page_private() -> None:
         state.hierarchy_valid()
     finally:
         state.teardown()
+
+
+def test_no_rule_makes_a_discardable_vmo_the_evict_model_would_miss() -> None:
+    """Found by the 50-runs loop (session 4): once `reclaim_order` could make its own
+    discardable VMOs, the pager machine's EVICT (`Kernel.reclaim`, which discards unlocked
+    discardable VMOs after evicting pager pages) discarded one the oracle still read. The
+    pager machines make no discardable VMOs."""
+    from vmo.testing.pager_cow import PagerCowMachine
+
+    for machine in (PagerStateMachine, PagerCowMachine):
+        state = machine()
+        try:
+            names = {r.function.__name__ for r in state.rules}
+        finally:
+            state.teardown()
+        assert not names & {"create_discardable", "reclaim_order", "lock_cycle",
+                            "lock_discardable", "reclaim_aged"}, machine

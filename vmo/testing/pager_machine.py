@@ -112,10 +112,12 @@ class PagerStateMachine(VmoStateMachine):
     # The anonymous-VMO rules are proven by `VmoStateMachine` itself; here only a few of them
     # stay (anonymous VMOs share the arena and the page queues with pager-backed ones), so
     # that the pager's rules get most of the steps. A rule is switched off by shadowing it with
-    # a plain method (still callable by the rules that remain).
+    # a plain method (still callable by the rules that remain). No rule here makes a
+    # discardable VMO: the pager model's EVICT (`Kernel.reclaim`) would discard it behind the
+    # oracle's back.
     for _name in ("set_size", "op_range", "lock_op", "use_maybe_closed", "bad_call", "pin",
                   "unpin", "check_info", "create_discardable", "lock_discardable", "reclaim_aged",
-                  "create_child", "cow_step"):
+                  "create_child", "cow_step", "reclaim_order", "lock_cycle"):
         if hasattr(VmoStateMachine, _name):
             locals()[_name] = not_a_rule(getattr(VmoStateMachine, _name))
     del _name
