@@ -81,6 +81,7 @@ class PagerCowMachine(PagerStateMachine):
         ``clone`` (and no write), a clone of a window across the cut follows at once. It
         hangs above ``v`` (``v`` has no pages there), so its limit must be clipped to what
         ``v`` sees on the way up."""
+        v = self._pfit(v, resizable=True)
         if v.closed or not v.resizable:
             return multiple()
         pages = v.size // P

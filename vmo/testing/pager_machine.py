@@ -108,6 +108,9 @@ def not_a_rule(fn: Any) -> Any:
 
 class PagerStateMachine(VmoStateMachine):
     pvmos = Bundle("pvmos")
+    #: ``p_bad`` makes the calls that must fail (out of range, on a fixed-size VMO, or with
+    #: the pager failing the request): counted apart from the rules that do real work.
+    error_rules = VmoStateMachine.error_rules | {"p_bad"}
 
     # The anonymous-VMO rules are proven by `VmoStateMachine` itself; here only a few of them
     # stay (anonymous VMOs share the arena and the page queues with pager-backed ones), so
@@ -227,21 +230,65 @@ class PagerStateMachine(VmoStateMachine):
         node = PNode(real=v, size=npages * P, resizable=resizable, disk=disk, content=content)
         self.pnodes.append(node)
         self.by_koid[v.koid] = node
+        if self.rule_outcome is None:
+            self.rule_outcome = True  # a new pager-backed VMO (no checked call to say so)
         return node
+
+    def _pfit(self, v: PNode, resizable: bool = False) -> PNode:
+        """``v`` if it is open (and resizable, if asked), else the next such pager-backed VMO
+        by koid (wrapping around), else ``v``: rules whose calls should do real work use it;
+        the calls that must fail are ``p_bad``'s. Deterministic, so printed programs replay."""
+        def fits(n: PNode) -> bool:
+            return not n.closed and (n.resizable or not resizable)
+
+        if fits(v):
+            return v
+        later = [n for n in self.pnodes if fits(n) and n.real.koid > v.real.koid]
+        found = later or [n for n in self.pnodes if fits(n)]
+        if found:
+            return found[0]
+        return self._fresh_root(v) if resizable else v
+
+    def _fresh_root(self, v: PNode, resizable: bool = True) -> PNode:
+        """A new pager-backed VMO of four pages: for rules that need an open root (or a
+        resizable or a fixed-size VMO) once the program closed them all. A resizable one has
+        two pages on its disk (pages past the disk exist), a fixed-size one all four (slices
+        of it reach data)."""
+        node = self.create_pager_vmo(npages=4, trap=False, resizable=resizable,
+                                     seed=v.real.koid + 1, disk_pages=2 if resizable else 4)
+        assert isinstance(node, PNode)
+        return node
+
+    def _proot(self, v: PNode, past_disk: bool = False) -> PNode:
+        """The root of ``v`` if it is open and not detached (and, with ``past_disk``, has
+        pages past the end of its disk), else the next such root by koid, else that root."""
+        def fits(n: PNode) -> bool:
+            return (n.is_root and not n.closed and not n.detached and n.size >= P
+                    and (not past_disk or (len(n.disk) + P - 1) // P * P < n.size))
+
+        root = v.the_root()
+        if fits(root):
+            return root
+        later = [n for n in self.pnodes if fits(n) and n.real.koid > root.real.koid]
+        found = later or [n for n in self.pnodes if fits(n)]
+        return found[0] if found else self._fresh_root(v)
 
     @rule(target=pvmos, v=pvmos, at=vs.aligned_positions(), npages=st.integers(0, vs.MAX_PAGES),
           resizable=st.booleans())
     def aow_child(self, v: PNode, at: tuple[int, int], npages: int, resizable: bool) -> Any:
+        v = self._pfit(v)
         if v.closed:
             return multiple()
         offset = vs.resolve(at, v.size)
         opts = ChildOptions.SNAPSHOT_AT_LEAST_ON_WRITE
         if resizable:
             opts |= ChildOptions.RESIZABLE
-        self.expect("pager:snapshot", Status.ERR_NOT_SUPPORTED,
-                    lambda: v.real.create_child(ChildOptions.SNAPSHOT, offset, npages * P))
         c = self.expect("pager:aow", None, lambda: v.real.create_child(opts, offset, npages * P))
         assert c is not None
+        # A snapshot (hidden parent) of a pager-backed VMO is refused (seed: only at least on
+        # write); checked after the real work, which the rule is counted by.
+        self.expect("pager:snapshot", Status.ERR_NOT_SUPPORTED,
+                    lambda: v.real.create_child(ChildOptions.SNAPSHOT, offset, npages * P))
         limit = 0 if offset >= v.size else min(npages, v.size // P - offset // P)
         return self._hang_clone(v, c, offset // P, limit, npages, resizable)
 
@@ -260,10 +307,7 @@ class PagerStateMachine(VmoStateMachine):
             fixed = [n for n in self.pnodes if not n.closed and not n.resizable
                      and n.real.koid > v.real.koid]
             fixed = fixed or [n for n in self.pnodes if not n.closed and not n.resizable]
-            if fixed:
-                v = fixed[0]
-            elif v.closed:
-                return multiple()
+            v = fixed[0] if fixed else self._fresh_root(v, resizable=False)
         sl_off = min(vs.resolve(slice_at, v.size), max(0, v.size - P)) // P
         sl_pages = min(slice_pages, v.size // P - sl_off)
         content_end = len(v.the_root().content.rstrip(b"\0")) // P  # pages with data below
@@ -317,14 +361,19 @@ class PagerStateMachine(VmoStateMachine):
             self.stats["pager:aow_depth"] = max(self.stats["pager:aow_depth"], c.cow.depth())
         return node
 
-    @rule(v=pvmos, at=vs.positions(), length=vs.lengths(), seed=vs.seeds,
-          fail=st.sampled_from([None, None, None, *FAIL_STATUSES]))
+    @rule(v=pvmos, at=vs.inside_positions(), length=vs.lengths(), seed=vs.seeds,
+          fail=st.just(None))
     def p_write(self, v: PNode, at: tuple[int, int], length: int, seed: int,
                 fail: Status | None) -> None:
+        """A write inside ``v`` (writes past the end and failing pagers are ``p_bad``'s)."""
+        v = self._pfit(v)
         if v.closed:
             return
-        offset = vs.resolve(at, v.size)
-        length = vs.resolve_length(length, offset, v.size)
+        offset = vs.resolve_inside(at, v.size)
+        self._p_write_at(v, offset, vs.fit_length(length, offset, v.size), seed, fail)
+
+    def _p_write_at(self, v: PNode, offset: int, length: int, seed: int,
+                    fail: Status | None) -> None:
         data = vs.payload(seed, length)
         if offset + length > v.size:
             self.expect("pager:write", Status.ERR_OUT_OF_RANGE, lambda: v.real.write(data, offset))
@@ -344,8 +393,9 @@ class PagerStateMachine(VmoStateMachine):
         """Supply pages of ``v``'s root past the end of its disk from the file (they arrive as
         clean zero markers, `supply_pages_from_fd`), then ZERO them: a marker already reads
         as zeros, so the ZERO must leave it clean (seed: ``ZeroPagesLocked``), and the dirty
-        ranges must not report it."""
-        root = v.the_root()
+        ranges must not report it. (The next open root with pages past its disk, if ``v``'s
+        root has none.)"""
+        root = self._proot(v, past_disk=True)
         if root.closed or root.detached or root.size < P:
             return
         disk_end = (len(root.disk) + P - 1) // P * P
@@ -433,13 +483,16 @@ class PagerStateMachine(VmoStateMachine):
             page[lo - p * P:hi - p * P] = data[lo - offset:hi - offset]
             v.own[p] = bytes(page)
 
-    @rule(v=pvmos, at=vs.positions(), length=vs.lengths(),
-          fail=st.sampled_from([None, None, *FAIL_STATUSES]))
+    @rule(v=pvmos, at=vs.inside_positions(), length=vs.lengths(), fail=st.just(None))
     def p_read(self, v: PNode, at: tuple[int, int], length: int, fail: Status | None) -> None:
+        """A read inside ``v`` (reads past the end and failing pagers are ``p_bad``'s)."""
+        v = self._pfit(v)
         if v.closed:
             return
-        offset = vs.resolve(at, v.size)
-        length = vs.resolve_length(length, offset, v.size)
+        offset = vs.resolve_inside(at, v.size)
+        self._p_read_at(v, offset, vs.fit_length(length, offset, v.size), fail)
+
+    def _p_read_at(self, v: PNode, offset: int, length: int, fail: Status | None) -> None:
         if offset + length > v.size:
             self.expect("pager:read", Status.ERR_OUT_OF_RANGE, lambda: v.real.read(length, offset))
             return
@@ -450,25 +503,32 @@ class PagerStateMachine(VmoStateMachine):
         if got != want:
             raise Mismatch(f"pager read koid {v.real.koid} [{offset:#x}, +{length:#x}) differs")
 
-    @rule(v=pvmos, op=st.sampled_from(["ZERO", "ZERO", "COMMIT", "COMMIT", "DECOMMIT",
-                                       "DONT_NEED", "ALWAYS_NEED", "PREFETCH", "EVICT", "EVICT",
-                                       "DETACH"]),
-          at=vs.positions(), length=vs.lengths(), fail=st.sampled_from([None, None, Status.ERR_IO]))
+    @rule(v=pvmos, op=st.sampled_from(["ZERO", "ZERO", "COMMIT", "COMMIT", "DONT_NEED",
+                                       "ALWAYS_NEED", "PREFETCH", "EVICT", "EVICT", "DETACH"]),
+          at=vs.inside_positions(), length=vs.lengths(), fail=st.just(None))
     def p_op(self, v: PNode, op: str, at: tuple[int, int], length: int,
              fail: Status | None) -> None:
-        """A VMO op on a pager-backed VMO, or (EVICT) a kernel reclaim, or (DETACH) a detach."""
+        """A VMO op on a pager-backed VMO, or (EVICT) a kernel reclaim, or (DETACH) a detach.
+        Inside ``v``: ops past the end, DECOMMIT (refused) and failing pagers are ``p_bad``'s."""
         if op == "EVICT":
             self.expect("pager:reclaim", None, lambda: self.k.reclaim(max(length, 0) or 1 << 20))
             return
+        v = self._pfit(v)
         if v.closed:
             return
+        if op != "DETACH":
+            offset = vs.resolve_inside(at, v.size)
+            self._p_op_at(v, op, offset, vs.fit_length(length, offset, v.size), fail)
+            return
+        self._p_op_at(v, op, 0, 0, fail)
+
+    def _p_op_at(self, v: PNode, op: str, offset: int, length: int,
+                 fail: Status | None) -> None:
         if op == "DETACH":
             if v.is_root and v.size // P % 3 == 0:  # rare: a detached VMO's content is lost
                 self.expect("pager:detach", None, lambda: self.pager.detach_vmo(v.real))
                 v.detached = True
             return
-        offset = vs.resolve(at, v.size)
-        length = vs.resolve_length(length, offset, v.size)
         call = lambda: v.real.op_range(VmoOp[op], offset, length)  # noqa: E731
         if offset + length > v.size:
             if op != "DECOMMIT":
@@ -521,6 +581,12 @@ class PagerStateMachine(VmoStateMachine):
 
     @rule(v=pvmos, npages=st.integers(0, vs.MAX_PAGES + 2))
     def p_resize(self, v: PNode, npages: int) -> None:
+        """Resize a resizable pager-backed VMO (or clone); a fixed-size one refuses, which
+        ``p_bad`` checks."""
+        v = self._pfit(v, resizable=True)
+        self._p_resize_to(v, npages)
+
+    def _p_resize_to(self, v: PNode, npages: int) -> None:
         if v.closed:
             return
         if not v.resizable:
@@ -550,6 +616,43 @@ class PagerStateMachine(VmoStateMachine):
                 c.limit = 0 if npages < c.offset else min(c.limit, npages - c.offset)
         v.size = new
 
+    @rule(v=pvmos, kind=st.sampled_from(["read_past_end", "write_past_end", "op_past_end",
+                                         "decommit", "resize_fixed", "read_fails",
+                                         "write_fails", "op_fails"]),
+          op=st.sampled_from(["ZERO", "COMMIT", "DONT_NEED", "ALWAYS_NEED", "PREFETCH"]),
+          at=vs.positions(), length=vs.lengths(), seed=vs.seeds,
+          fail=st.sampled_from(FAIL_STATUSES))
+    def p_bad(self, v: PNode, kind: str, op: str, at: tuple[int, int], length: int,
+              seed: int, fail: Status) -> None:
+        """The calls on pager-backed VMOs that must fail: reads, writes and ops that reach
+        past the end (ERR_OUT_OF_RANGE), DECOMMIT (ERR_NOT_SUPPORTED: the pages are the
+        pager's), a resize of a fixed-size VMO (ERR_UNAVAILABLE), and reads, writes and ops
+        whose page requests the pager fails with ``fail`` (the call fails with it, unless no
+        request was needed)."""
+        if kind == "resize_fixed":
+            fixed = [n for n in self.pnodes if not n.closed and not n.resizable]
+            if fixed:
+                self._p_resize_to(fixed[seed % len(fixed)], vs.MAX_PAGES)
+            return
+        v = self._pfit(v)
+        if v.closed:
+            return
+        if kind.endswith("_past_end"):
+            offset = vs.resolve(at, v.size)
+            length = max(vs.resolve_length(length, offset, v.size), v.size - offset + 1)
+        else:
+            offset = vs.resolve_inside(at, v.size)
+            length = vs.fit_length(length, offset, v.size)
+        if kind in ("read_past_end", "read_fails"):
+            self._p_read_at(v, offset, length, None if kind == "read_past_end" else fail)
+        elif kind in ("write_past_end", "write_fails"):
+            self._p_write_at(v, offset, length, seed,
+                             None if kind == "write_past_end" else fail)
+        elif kind == "decommit":
+            self._p_op_at(v, "DECOMMIT", offset, length, None)
+        else:
+            self._p_op_at(v, op, offset, length, None if kind == "op_past_end" else fail)
+
     @rule(v=consumes(pvmos))
     def p_close(self, v: PNode) -> None:
         if v.closed:
@@ -559,7 +662,9 @@ class PagerStateMachine(VmoStateMachine):
 
     @rule(v=pvmos, prefix=st.integers(1, 8))
     def writeback(self, v: PNode, prefix: int) -> None:
-        """Write back the first ``prefix`` dirty ranges, in order, the way a filesystem does."""
+        """Write back the first ``prefix`` dirty ranges of ``v``'s root (or of the next root
+        that is open), in order, the way a filesystem does."""
+        v = self._proot(v)
         if v.closed or not v.is_root or v.detached:
             return
         ranges = self.expect("pager:query", None,
