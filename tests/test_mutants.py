@@ -113,6 +113,46 @@ state.teardown()
     # (merge_drops_visible_page). Both needed about 15 s before fork_below_then_merge.
     "merge_ignores_split_bits": _MERGE_BELOW,
     "merge_drops_visible_page": _MERGE_BELOW,
+    # Issue 9's points 5 to 9, each with a mutant since session 4.
+    "supply_accepts_shared_aux": """
+state = PagerStateMachine()
+v = state.create_pager_vmo(npages=4, trap=False, resizable=False, seed=1, disk_pages=4)
+state.p_bad(v=v, kind="supply_bad_aux", op="ZERO", at=(0, 0), length=1, seed=5,
+            fail=Status.ERR_IO)
+state.teardown()
+""",
+    "source_closes_with_handle": """
+state = PagerCowMachine()
+r = state.pager_root(npages=4, seed=1)
+x = state.clone_window(v=r, permille=0, npages=4, resizable=False)
+state.p_close(v=r)
+state.pager_contents_match()
+state.teardown()
+""",
+    "dirty_request_not_batched": """
+state = PagerStateMachine()
+v = state.create_pager_vmo(npages=20, trap=True, resizable=False, seed=1, disk_pages=4)
+state.rewrite_root(v=v, seed=3)
+state.pager_contents_match()
+state.teardown()
+""",
+    "decommit_checks_alignment_first": """
+state = PagerStateMachine()
+v = state.create_pager_vmo(npages=4, trap=False, resizable=False, seed=1, disk_pages=4)
+state.p_bad(v=v, kind="decommit", op="ZERO", at=(0, 1), length=4096, seed=1, fail=None)
+state.teardown()
+""",
+    "zero_of_discarded_fails": """
+state = VmoStateMachine()
+state.reclaim_order(first=None, second=None, target_pages=1, seed=3, relock_first=False)
+state.teardown()
+""",
+    "resize_not_modified": """
+state = PagerStateMachine()
+v = state.create_pager_vmo(npages=4, trap=False, resizable=True, seed=1, disk_pages=4)
+state.p_resize(v=v, npages=2)
+state.teardown()
+""",
     # Two fresh discardable VMOs unlocked in order, a one-page reclaim takes the older.
     "reclaim_newest_first": """
 state = VmoStateMachine()
@@ -127,7 +167,7 @@ state.teardown()
 def test_programs_kill_the_slow_and_surviving_mutants(name: str) -> None:
     mutant = BY_NAME[name]
     machine = mutant.machine_class()
-    program = _KILLING_PROGRAMS[name]
+    program = "from vmo.errors import Status\n" + _KILLING_PROGRAMS[name]
     assert replay(program, machine) is None
     with mutant.applied():
         assert replay(program, machine) is not None

@@ -827,6 +827,11 @@ class VmoStateMachine(RuleBasedStateMachine):
             self._lock_op(first, "UNLOCK", True)
             return
         self.kernel_op(target_pages)
+        # ZERO of a VMO just discarded succeeds and changes nothing (seed: nothing on that
+        # path checks the discarded state); it stays discarded.
+        for d in dict.fromkeys((first, second)):
+            if d.size and not d.closed and d.target()[0].disc == Disc.DISCARDED:
+                self.op_range_checked(d, "ZERO", 0, PAGE_SIZE)
 
     def _discardable_or_new(self, d: OVmo | None) -> OVmo | None:
         """``d`` fitted to a discardable VMO, or a new one-page discardable VMO (None if

@@ -19,6 +19,7 @@ import attrs
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, consumes, invariant, multiple, rule
 
+from vmo.cow_pages import LOOKUP_MAX_PAGES
 from vmo.errors import Status, ZxError
 from vmo.page_list import EMPTY, MARKER
 from vmo.pager.source import PageRequestCommand
@@ -91,10 +92,16 @@ class PNode:
         return self.the_root().detached
 
     def may_fail(self) -> bool:
-        """Calls needing the pager fail with ERR_BAD_STATE: detached, or the root's handle
-        closed while this child still depends on it."""
-        root = self.the_root()
-        return root.detached or root.closed
+        """Calls needing the pager fail with ERR_BAD_STATE once the root is detached. (Not
+        when only the root's handle closed: the source closes with the root's node, after
+        the last clone, and until then the clones' requests reach the pager; seed: the
+        root's ``fbl_recycle``.)"""
+        return self.the_root().detached
+
+
+def _traps_dirty(node: PNode) -> bool:
+    source = node.real.cow.page_source
+    return source is not None and bool(source.traps_dirty)
 
 
 def not_a_rule(fn: Any) -> Any:
@@ -135,6 +142,8 @@ class PagerStateMachine(VmoStateMachine):
         self.disk_fd = os.memfd_create("vmo-machine-disk", os.MFD_CLOEXEC)
         self.reads_served = 0
         self.slices: list[Any] = []  # slices kept open by aow_of_slice (closed with the kernel)
+        #: Requests the pager should never have seen (checked by `pager_contents_match`).
+        self.bad_requests: list[str] = []
 
     def teardown(self) -> None:
         if self.__dict__.get("_torn_down"):
@@ -156,6 +165,11 @@ class PagerStateMachine(VmoStateMachine):
             self.pager.op_range(PagerOp.FAIL, req.vmo, req.offset, req.length, status)
             return
         self._count(f"pager:{req.command.name}")
+        if req.command == PageRequestCommand.DIRTY and req.length > LOOKUP_MAX_PAGES * P:
+            # One lookup covers at most LookupInfo::kMaxPages pages (seed), so a long write
+            # asks for DIRTY transitions in batches.
+            self.bad_requests.append(f"DIRTY request of {req.length // P} pages at page "
+                                     f"{req.offset // P}, more than {LOOKUP_MAX_PAGES}")
         if req.command == PageRequestCommand.DIRTY:
             self.pager.op_range(PagerOp.DIRTY, req.vmo, req.offset, req.length)
             return
@@ -215,7 +229,11 @@ class PagerStateMachine(VmoStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(target=pvmos, npages=st.integers(1, vs.MAX_PAGES), trap=st.booleans(),
+    @rule(target=pvmos,
+          # Half of them longer than one lookup, so that whole writes need DIRTY batches.
+          npages=st.one_of(st.integers(1, LOOKUP_MAX_PAGES),
+                           st.integers(LOOKUP_MAX_PAGES + 1, LOOKUP_MAX_PAGES + 4)),
+          trap=st.booleans(),
           resizable=st.booleans(), seed=vs.seeds, disk_pages=st.integers(0, vs.MAX_PAGES))
     def create_pager_vmo(self, npages: int, trap: bool, resizable: bool, seed: int,
                          disk_pages: int) -> PNode:
@@ -530,13 +548,16 @@ class PagerStateMachine(VmoStateMachine):
                 v.detached = True
             return
         call = lambda: v.real.op_range(VmoOp[op], offset, length)  # noqa: E731
-        if offset + length > v.size:
-            if op != "DECOMMIT":
-                self.expect(f"pager:{op}", Status.ERR_OUT_OF_RANGE, call)
-            return
         if op == "DECOMMIT":
-            if length and offset % P == 0 and (length % P == 0 or offset + length == v.size):
+            # Trimmed to the VMO first; then a pager-backed VMO or a clone refuses before
+            # alignment is looked at (seed: the page source is checked first).
+            if offset > v.size:
+                self.expect("pager:DECOMMIT", Status.ERR_OUT_OF_RANGE, call)
+            elif min(length, v.size - offset):
                 self.expect("pager:DECOMMIT", Status.ERR_NOT_SUPPORTED, call)
+            return
+        if offset + length > v.size:
+            self.expect(f"pager:{op}", Status.ERR_OUT_OF_RANGE, call)
             return
         first, end = offset // P, (offset + length + P - 1) // P
         if op == "COMMIT" and v.is_root:
@@ -589,6 +610,8 @@ class PagerStateMachine(VmoStateMachine):
     def _p_resize_to(self, v: PNode, npages: int) -> None:
         if v.closed:
             return
+        if v.is_root and v.resizable and not v.detached:
+            self.pager.query_vmo_stats(v.real, reset=True)
         if not v.resizable:
             self.expect("pager:resize", Status.ERR_UNAVAILABLE, lambda: v.real.set_size(npages * P))
             return
@@ -596,6 +619,9 @@ class PagerStateMachine(VmoStateMachine):
         if isinstance(result, ZxError):
             return
         new = npages * P
+        if v.is_root and not v.detached and not self.pager.query_vmo_stats(v.real).modified:
+            raise Mismatch(f"resize of pager VMO koid {v.real.koid} did not mark it modified "
+                           "(seed: any successful resize does, even to the same size)")
         if v.is_root:
             if new < v.size:
                 del v.content[new:]
@@ -616,9 +642,26 @@ class PagerStateMachine(VmoStateMachine):
                 c.limit = 0 if npages < c.offset else min(c.limit, npages - c.offset)
         v.size = new
 
+    @rule(v=pvmos, seed=vs.seeds)
+    def rewrite_root(self, v: PNode, seed: int) -> None:
+        """Write the whole of ``v``'s root in one call (a file rewritten in place): with
+        dirty trapping and more pages than one lookup covers, the pager must see DIRTY
+        requests of at most ``LookupInfo::kMaxPages`` pages each."""
+        root = self._proot(v)
+        if root.closed or root.detached:
+            return
+        # Prefer, by koid from ``root`` on, an open root that traps dirtying and is longer
+        # than one lookup (the case the batching shows in).
+        wanted = [n for n in self.pnodes if n.is_root and not n.closed and not n.detached
+                  and n.size > LOOKUP_MAX_PAGES * P and _traps_dirty(n)]
+        if wanted:
+            later = [n for n in wanted if n.real.koid >= root.real.koid]
+            root = (later or wanted)[0]
+        self._p_write_at(root, 0, root.size, seed, None)
+
     @rule(v=pvmos, kind=st.sampled_from(["read_past_end", "write_past_end", "op_past_end",
                                          "decommit", "resize_fixed", "read_fails",
-                                         "write_fails", "op_fails"]),
+                                         "write_fails", "op_fails", "supply_bad_aux"]),
           op=st.sampled_from(["ZERO", "COMMIT", "DONT_NEED", "ALWAYS_NEED", "PREFETCH"]),
           at=vs.positions(), length=vs.lengths(), seed=vs.seeds,
           fail=st.sampled_from(FAIL_STATUSES))
@@ -628,7 +671,11 @@ class PagerStateMachine(VmoStateMachine):
         past the end (ERR_OUT_OF_RANGE), DECOMMIT (ERR_NOT_SUPPORTED: the pages are the
         pager's), a resize of a fixed-size VMO (ERR_UNAVAILABLE), and reads, writes and ops
         whose page requests the pager fails with ``fail`` (the call fails with it, unless no
-        request was needed)."""
+        request was needed), and a supply from an aux VMO that shares its pages (a clone, or
+        one with a child: ERR_BAD_STATE, and nothing moves)."""
+        if kind == "supply_bad_aux":
+            self._supply_from_bad_aux(v, seed)
+            return
         if kind == "resize_fixed":
             fixed = [n for n in self.pnodes if not n.closed and not n.resizable]
             if fixed:
@@ -652,6 +699,36 @@ class PagerStateMachine(VmoStateMachine):
             self._p_op_at(v, "DECOMMIT", offset, length, None)
         else:
             self._p_op_at(v, op, offset, length, None if kind == "op_past_end" else fail)
+
+    def _supply_from_bad_aux(self, v: PNode, seed: int) -> None:
+        root = self._proot(v)
+        if root.closed or root.detached:
+            return
+        length = min(root.size, 2 * P)
+        aux = self.k.vmo_create(length)
+        others: list[Any] = []
+        try:
+            aux.write(vs.payload(seed, length))
+            # (An at-least-on-write clone of an anonymous VMO is a snapshot: its node goes
+            # below a hidden parent too.)
+            kind = seed % 4
+            if kind <= 1:  # aux has a slice
+                others.append(aux.create_child(ChildOptions.SLICE, 0, length))
+            elif kind == 2:  # aux has a snapshot child (its node is below a hidden parent)
+                others.append(aux.create_child(ChildOptions.SNAPSHOT, 0, length))
+            else:  # aux is a clone
+                others.append(aux)
+                aux = aux.create_child(ChildOptions.SNAPSHOT, 0, length)
+            before = [(x, x.read(length)) for x in (aux, *others)]
+            self.expect("pager:supply_bad_aux", Status.ERR_BAD_STATE,
+                        lambda: self.pager.supply_pages(root.real, 0, length, aux, 0))
+            for x, data in before:
+                if x.read(length) != data:
+                    raise Mismatch(f"a refused supply changed aux-related VMO koid {x.koid}")
+        finally:
+            aux.close()
+            for x in others:
+                x.close()
 
     @rule(v=consumes(pvmos))
     def p_close(self, v: PNode) -> None:
@@ -706,6 +783,8 @@ class PagerStateMachine(VmoStateMachine):
 
     @invariant()
     def pager_contents_match(self) -> None:
+        if self.bad_requests:
+            raise Mismatch("; ".join(self.bad_requests))
         for node in self.pnodes:
             if node.closed or node.unknown():
                 continue
