@@ -121,6 +121,11 @@ state.p_bad(v=v, kind="supply_bad_aux", op="ZERO", at=(0, 0), length=1, seed=5,
             fail=Status.ERR_IO)
 state.teardown()
 """,
+    "commit_not_preallocated": """
+state = VmoStateMachine()
+state.commit_past_memory(npages=5, short=1, depth=2, seed=7)
+state.teardown()
+""",
     "source_closes_with_handle": """
 state = PagerCowMachine()
 r = state.pager_root(npages=4, seed=1)

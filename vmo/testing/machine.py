@@ -728,6 +728,44 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.close(backup)
         return snap if isinstance(snap, OVmo) else multiple()
 
+    @rule(npages=st.integers(2, 8), short=st.integers(1, 4), depth=st.integers(1, 3),
+          seed=vs.seeds)
+    def commit_past_memory(self, npages: int, short: int, depth: int, seed: int) -> None:
+        """In an arena of its own, too small for it: a VMO of distinct bytes, ``depth``
+        snapshots of it, and a COMMIT of the newest that needs ``short`` pages more than are
+        free. It fails with ERR_NO_MEMORY and commits nothing: the free pages, every VMO's
+        content and committed bytes are as before (seed: ``CommitRangeLocked`` counts and
+        allocates every page it needs first). The machine's own arena never runs out, so
+        this rule builds one that does."""
+        short = min(short, npages - 1)
+        with Kernel(memory=(2 * npages - short) * PAGE_SIZE) as k:
+            root = k.vmo_create(npages * PAGE_SIZE)
+            root.write(vs.payload(seed, npages * PAGE_SIZE))
+            chain = [root]
+            for _ in range(depth):
+                chain.append(chain[-1].create_child(ChildOptions.SNAPSHOT, 0,
+                                                    npages * PAGE_SIZE))
+            before = [(v.read(npages * PAGE_SIZE), v.get_info().committed_bytes)
+                      for v in chain]
+            free = k.memory_stats().free_pages
+            if self.rule_outcome is None:
+                self.rule_outcome = True  # real work: the COMMIT must be refused whole
+            err = None
+            try:
+                chain[-1].op_range(VmoOp.COMMIT, 0, npages * PAGE_SIZE)
+            except ZxError as e:
+                err = e
+            if err is None or err.status != Status.ERR_NO_MEMORY:
+                raise Mismatch(f"COMMIT of {npages} pages with {free} free: expected "
+                               f"ERR_NO_MEMORY, got {err or 'success'}")
+            after = [(v.read(npages * PAGE_SIZE), v.get_info().committed_bytes)
+                     for v in chain]
+            if k.memory_stats().free_pages != free or after != before:
+                raise Mismatch(f"a COMMIT refused for lack of memory changed things: free "
+                               f"pages {free} -> {k.memory_stats().free_pages}, committed "
+                               f"{[c for _, c in before]} -> {[c for _, c in after]}")
+            debug.validate(k)
+
     @rule(target=pins, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
           zero_first=st.booleans(), keep=st.sampled_from([False, False, False, True]))
     def pin_then_dedup(self, v: OVmo, at: tuple[int, int], npages: int,
