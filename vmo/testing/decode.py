@@ -104,6 +104,15 @@ def decode_strategy(strategy: Any, r: ByteReader, name: str = "") -> Any:
                       f"in vmo.testing.decode.DECODERS[{name!r}])")
 
 
+def _bundle_branches(strategy: Any) -> list[Any] | None:
+    """The branches of a ``one_of`` that has a bundle among them, else None."""
+    s = _unwrap(strategy)
+    if type(s).__name__ != "OneOfStrategy":
+        return None
+    branches = list(s.original_strategies)
+    return branches if any(isinstance(b, Bundle) for b in branches) else None
+
+
 @attrs.frozen
 class Ref:
     """A value taken from a bundle: the ``index``-th value it held when the step ran."""
@@ -174,6 +183,16 @@ def decode(data: bytes, machine: type | None = None, *, max_steps: int = 50) -> 
                 args[name] = Ref(strategy.name, r.integer(0, n - 1), consume)
                 if consume:
                     sizes[strategy.name] = n - 1
+            elif (branches := _bundle_branches(strategy)) is not None:
+                # ``one_of(bundle, ...)``: a branch whose bundle is empty cannot be drawn (as
+                # in hypothesis); the bundle branch gives a reference, others a value.
+                live = [b for b in branches
+                        if not isinstance(b, Bundle) or sizes.get(b.name, 0) > 0]
+                branch = live[r.integer(0, len(live) - 1)]
+                if isinstance(branch, Bundle):
+                    args[name] = Ref(branch.name, r.integer(0, sizes[branch.name] - 1))
+                else:
+                    args[name] = decode_strategy(branch, r, name)
             else:
                 args[name] = decode_strategy(strategy, r, name)
         targets = tuple(rule.targets)
