@@ -127,7 +127,7 @@ state.commit_past_memory(npages=5, short=1, depth=2, seed=7)
 state.teardown()
 """,
     "source_closes_with_handle": """
-state = PagerCowMachine()
+state = PagerLifecycleMachine()
 r = state.pager_root(npages=4, seed=1)
 x = state.clone_window(v=r, permille=0, npages=4, resizable=False)
 state.p_close(v=r)
@@ -135,9 +135,8 @@ state.pager_contents_match()
 state.teardown()
 """,
     "dirty_request_not_batched": """
-state = PagerStateMachine()
-v = state.create_pager_vmo(npages=20, trap=True, resizable=False, seed=1, disk_pages=4)
-state.rewrite_root(v=v, seed=3)
+state = PagerLifecycleMachine()
+v = state.rewrite_trap_root(npages=20, seed=3)
 state.pager_contents_match()
 state.teardown()
 """,

@@ -10,5 +10,5 @@ MUTANT = Mutant(
     old='        end = min(start + min(count, LOOKUP_MAX_PAGES), self.size)\n',
     new='        end = min(start + count, self.size)  # MUTANT: one request for the whole write\n',
     description=__doc__.strip(),
-    machine="vmo.testing.pager_machine:PagerStateMachine",
+    machine="vmo.testing.pager_lifecycle:PagerLifecycleMachine",
 )

@@ -13,5 +13,5 @@ MUTANT = Mutant(
          '        if self.page_source is not None and self.parent is None:  # MUTANT\n'
          '            self.page_source.on_close(self)\n'),
     description=__doc__.strip(),
-    machine="vmo.testing.pager_cow:PagerCowMachine",
+    machine="vmo.testing.pager_lifecycle:PagerLifecycleMachine",
 )

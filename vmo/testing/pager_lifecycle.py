@@ -1,0 +1,62 @@
+"""`PagerCowMachine` plus two rules about the life of a pager-backed file.
+
+- ``close_root_under_pressure``: the root's handle closes while at-least-on-write clones still
+  read through it, then memory pressure evicts every clean page, then each clone is read
+  whole. The page source must stay open until the last clone goes (seed: the root's
+  ``fbl_recycle``), so those reads reach the pager as READ requests.
+- ``rewrite_trap_root``: a new file longer than one lookup (``LookupInfo::kMaxPages``, 16
+  pages), trapping dirtying, read whole and then rewritten whole: the pager must see DIRTY
+  requests of at most 16 pages each.
+
+Both happen in `PagerCowMachine`'s programs only by the chance meeting of several rules (a
+root closed, an eviction, then a read of a clone whose pages were all evicted; a long
+trap-dirty root and a whole write of it); `source_closes_with_handle` and
+``dirty_request_not_batched`` survived 60 s campaigns there. ``vmo fuzz --machine
+vmo.testing.pager_lifecycle:PagerLifecycleMachine`` fuzzes with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import rule
+
+from vmo.cow_pages import LOOKUP_MAX_PAGES
+from vmo.pmm import PAGE_SIZE
+from vmo.testing import strategies as vs
+from vmo.testing.pager_cow import PagerCowMachine
+from vmo.testing.pager_machine import PNode
+
+P = PAGE_SIZE
+
+
+class PagerLifecycleMachine(PagerCowMachine):
+    pvmos = PagerCowMachine.pvmos
+
+    @rule(v=PagerCowMachine.pvmos)
+    def close_root_under_pressure(self, v: Any) -> None:
+        """Close ``v``'s root while clones of it live, evict every clean page, read each
+        clone whole (checked against the model)."""
+        root = v.the_root()
+        if root.closed or root.detached:
+            return
+        clones = [n for n in self.pnodes if not n.closed and not n.is_root
+                  and n.the_root() is root]
+        if not clones:
+            return
+        self.p_close(v=root)
+        self.expect("pager:reclaim", None, lambda: self.k.reclaim(1 << 20))
+        for clone in clones:
+            self._p_read_at(clone, 0, clone.size, None)
+
+    @rule(target=PagerCowMachine.pvmos,
+          npages=st.integers(LOOKUP_MAX_PAGES + 1, LOOKUP_MAX_PAGES + 4), seed=vs.seeds)
+    def rewrite_trap_root(self, npages: int, seed: int) -> Any:
+        """A new trap-dirty file longer than one lookup, read whole, then written whole."""
+        root = self.create_pager_vmo(npages=npages, trap=True, resizable=False, seed=seed,
+                                     disk_pages=npages)
+        assert isinstance(root, PNode)
+        self._p_read_at(root, 0, root.size, None)
+        self._p_write_at(root, 0, root.size, seed, None)
+        return root
