@@ -115,10 +115,9 @@ state.teardown()
     "merge_drops_visible_page": _MERGE_BELOW,
     # Issue 9's points 5 to 9, each with a mutant since session 4.
     "supply_accepts_shared_aux": """
-state = PagerStateMachine()
+state = PagerLifecycleMachine()
 v = state.create_pager_vmo(npages=4, trap=False, resizable=False, seed=1, disk_pages=4)
-state.p_bad(v=v, kind="supply_bad_aux", op="ZERO", at=(0, 0), length=1, seed=5,
-            fail=Status.ERR_IO)
+state.supply_from_shared_aux(v=v, seed=5)
 state.teardown()
 """,
     "commit_not_preallocated": """

@@ -11,5 +11,5 @@ MUTANT = Mutant(
     old='        if self.children:\n',
     new='        if False:  # MUTANT: an aux with children gives its pages away\n',
     description=__doc__.strip(),
-    machine="vmo.testing.pager_machine:PagerStateMachine",
+    machine="vmo.testing.pager_lifecycle:PagerLifecycleMachine",
 )

@@ -1,17 +1,21 @@
-"""`PagerCowMachine` plus two rules about the life of a pager-backed file.
+"""`PagerCowMachine` plus three rules about the life of a pager-backed file.
 
 - ``close_root_under_pressure``: the root's handle closes while at-least-on-write clones still
   read through it, then memory pressure evicts every clean page, then each clone is read
   whole. The page source must stay open until the last clone goes (seed: the root's
   ``fbl_recycle``), so those reads reach the pager as READ requests.
+- ``supply_from_shared_aux``: the pager supplies from an aux VMO that shares its pages (it
+  has a slice or a snapshot child, or is a clone): ERR_BAD_STATE, and nothing moves (seed:
+  ``TakePagesLocked``).
 - ``rewrite_trap_root``: a new file longer than one lookup (``LookupInfo::kMaxPages``, 16
   pages), trapping dirtying, read whole and then rewritten whole: the pager must see DIRTY
   requests of at most 16 pages each.
 
-Both happen in `PagerCowMachine`'s programs only by the chance meeting of several rules (a
+All three happen in `PagerCowMachine`'s programs only by the chance meeting of several rules (a
 root closed, an eviction, then a read of a clone whose pages were all evicted; a long
-trap-dirty root and a whole write of it); `source_closes_with_handle` and
-``dirty_request_not_batched`` survived 60 s campaigns there. ``vmo fuzz --machine
+trap-dirty root and a whole write of it; a supply from a shared aux, one kind of one error
+rule); `source_closes_with_handle`, ``dirty_request_not_batched`` and
+``supply_accepts_shared_aux`` survived 60 s campaigns there. ``vmo fuzz --machine
 vmo.testing.pager_lifecycle:PagerLifecycleMachine`` fuzzes with it.
 """
 
@@ -49,6 +53,12 @@ class PagerLifecycleMachine(PagerCowMachine):
         self.expect("pager:reclaim", None, lambda: self.k.reclaim(1 << 20))
         for clone in clones:
             self._p_read_at(clone, 0, clone.size, None)
+
+    @rule(v=PagerCowMachine.pvmos, seed=vs.seeds)
+    def supply_from_shared_aux(self, v: Any, seed: int) -> None:
+        """A supply to ``v``'s root (or the next open one) from an aux VMO that shares its
+        pages: refused, and the aux and its relatives read as before."""
+        self._supply_from_bad_aux(v, seed)
 
     @rule(target=PagerCowMachine.pvmos,
           npages=st.integers(LOOKUP_MAX_PAGES + 1, LOOKUP_MAX_PAGES + 4), seed=vs.seeds)
