@@ -82,12 +82,7 @@ def validate(k: Kernel, cache: ValidateCache | None = None) -> None:
             if cached is not None:
                 cache.hits += 1  # type: ignore[union-attr]
                 frames, attribution, hier_uncharged = cached
-                for frame, (node, off) in frames.items():
-                    if frame in seen_frames:
-                        other, o_off = seen_frames[frame]
-                        raise _fail(node, off, f"frame {frame} also held by node #{other.id} "
-                                               f"at {o_off * PAGE_SIZE:#x}")
-                    seen_frames[frame] = (node, off)
+                _add_frames(frames, seen_frames)
                 uncharged += hier_uncharged
                 total_attributed += sum(attribution.values())
                 continue
@@ -96,12 +91,7 @@ def validate(k: Kernel, cache: ValidateCache | None = None) -> None:
             hier_uncharged = _validate_hierarchy(k, hier, frames, want)
             if cache is not None:
                 cache.misses += 1
-                for frame, (node, off) in frames.items():
-                    if frame in seen_frames:
-                        other, o_off = seen_frames[frame]
-                        raise _fail(node, off, f"frame {frame} also held by node #{other.id} "
-                                               f"at {o_off * PAGE_SIZE:#x}")
-                    seen_frames[frame] = (node, off)
+                _add_frames(frames, seen_frames)
             uncharged += hier_uncharged
             attribution = k._attribution_locked(hier)
             total_attributed += sum(attribution.values())
@@ -139,6 +129,18 @@ def validate(k: Kernel, cache: ValidateCache | None = None) -> None:
         if v.cow.paged_ref is not v:
             raise _fail(v.cow, None, f"VMO koid {v.koid} points at a node that does not point back")
     _validate_discardable_lists(k)
+
+
+def _add_frames(frames: dict[int, tuple[CowPages, int]],
+                seen_frames: dict[int, tuple[CowPages, int]]) -> None:
+    """Add one tree's frames to those of the trees checked before: a frame held twice is a
+    failure."""
+    for frame, (node, off) in frames.items():
+        if frame in seen_frames:
+            other, o_off = seen_frames[frame]
+            raise _fail(node, off, f"frame {frame} also held by node #{other.id} "
+                                   f"at {o_off * PAGE_SIZE:#x}")
+        seen_frames[frame] = (node, off)
 
 
 def _validate_hierarchy(k: Kernel, hier: Hierarchy,

@@ -13,6 +13,7 @@ report as zero only ranges the model reads as zeros.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -261,11 +262,20 @@ class PagerStateMachine(VmoStateMachine):
 
         if fits(v):
             return v
-        later = [n for n in self.pnodes if fits(n) and n.real.koid > v.real.koid]
-        found = later or [n for n in self.pnodes if fits(n)]
-        if found:
-            return found[0]
+        found = self._next_fitting(v.real.koid, fits)
+        if found is not None:
+            return found
         return self._fresh_root(v) if resizable else v
+
+    def _next_fitting(self, koid: int, fits: Callable[[PNode], bool],
+                      inclusive: bool = False) -> PNode | None:
+        """The first pager-backed VMO that ``fits`` with a koid after ``koid`` (or equal to
+        it, with ``inclusive``), wrapping around to the first that fits; None if none does."""
+        found = [n for n in self.pnodes if fits(n)]
+        later = [n for n in found
+                 if n.real.koid > koid or (inclusive and n.real.koid == koid)]
+        pick = later or found
+        return pick[0] if pick else None
 
     def _fresh_root(self, v: PNode, resizable: bool = True) -> PNode:
         """A new pager-backed VMO of four pages: for rules that need an open root (or a
@@ -287,9 +297,8 @@ class PagerStateMachine(VmoStateMachine):
         root = v.the_root()
         if fits(root):
             return root
-        later = [n for n in self.pnodes if fits(n) and n.real.koid > root.real.koid]
-        found = later or [n for n in self.pnodes if fits(n)]
-        return found[0] if found else self._fresh_root(v)
+        found = self._next_fitting(root.real.koid, fits)
+        return found if found is not None else self._fresh_root(v)
 
     @rule(target=pvmos, v=pvmos, at=vs.aligned_positions(), npages=st.integers(0, vs.MAX_PAGES),
           resizable=st.booleans())
@@ -322,10 +331,8 @@ class PagerStateMachine(VmoStateMachine):
         if v.closed or v.resizable:
             # A slice needs a parent that is not resizable: the next open one (a slice of a
             # resizable VMO is an error the bad-input tests cover), else the error path.
-            fixed = [n for n in self.pnodes if not n.closed and not n.resizable
-                     and n.real.koid > v.real.koid]
-            fixed = fixed or [n for n in self.pnodes if not n.closed and not n.resizable]
-            v = fixed[0] if fixed else self._fresh_root(v, resizable=False)
+            fixed = self._next_fitting(v.real.koid, lambda n: not n.closed and not n.resizable)
+            v = fixed if fixed is not None else self._fresh_root(v, resizable=False)
         sl_off = min(vs.resolve(slice_at, v.size), max(0, v.size - P)) // P
         sl_pages = min(slice_pages, v.size // P - sl_off)
         content_end = len(v.the_root().content.rstrip(b"\0")) // P  # pages with data below
@@ -652,11 +659,12 @@ class PagerStateMachine(VmoStateMachine):
             return
         # Prefer, by koid from ``root`` on, an open root that traps dirtying and is longer
         # than one lookup (the case the batching shows in).
-        wanted = [n for n in self.pnodes if n.is_root and not n.closed and not n.detached
-                  and n.size > LOOKUP_MAX_PAGES * P and _traps_dirty(n)]
-        if wanted:
-            later = [n for n in wanted if n.real.koid >= root.real.koid]
-            root = (later or wanted)[0]
+        wanted = self._next_fitting(
+            root.real.koid, lambda n: (n.is_root and not n.closed and not n.detached
+                                       and n.size > LOOKUP_MAX_PAGES * P and _traps_dirty(n)),
+            inclusive=True)
+        if wanted is not None:
+            root = wanted
         self._p_write_at(root, 0, root.size, seed, None)
 
     @rule(v=pvmos, kind=st.sampled_from(["read_past_end", "write_past_end", "op_past_end",
