@@ -156,6 +156,14 @@ v = state.create_pager_vmo(npages=4, trap=False, resizable=True, seed=1, disk_pa
 state.p_resize(v=v, npages=2)
 state.teardown()
 """,
+    # A leaf's own forked pages zeroed over a hidden node that holds other bytes.
+    "zero_leaf_drops_marker": """
+state = VmoStateMachine()
+v = state.filled(npages=4, resizable=False, seed=3)
+s = state.zero_forked_pages(v=v, at=(250, 0), npages=2, side="snapshot", seed=1)
+state.contents_match()
+state.teardown()
+""",
     # Two fresh discardable VMOs unlocked in order, a one-page reclaim takes the older.
     "reclaim_newest_first": """
 state = VmoStateMachine()

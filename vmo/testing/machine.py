@@ -728,6 +728,28 @@ class VmoStateMachine(RuleBasedStateMachine):
         self.close(backup)
         return snap if isinstance(snap, OVmo) else multiple()
 
+    @rule(target=vmos, v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 3),
+          side=st.sampled_from(["original", "snapshot"]), seed=vs.seeds)
+    def zero_forked_pages(self, v: OVmo, at: tuple[int, int], npages: int, side: str,
+                          seed: int) -> Any:
+        """Write whole pages of ``v``, snapshot it (the pages move into the new hidden node),
+        write the same pages on one ``side`` (a fork: that side owns copies, the other side
+        still sees the hidden pages) and ZERO them there. The side's own pages go, and zero
+        markers must take their place, or the hidden node's bytes would show through again
+        (seed: ``ZeroPagesLocked`` on a page a leaf owns over a parent with content). Returns
+        the snapshot."""
+        v = self._fit(v, "clonable")
+        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
+        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        self._write_at(v, offset, vs.payload(seed, length))
+        snap = self._create_child(v, "snapshot", 0, v.size, False, False)
+        if not isinstance(snap, OVmo):
+            return multiple()
+        leaf = v if side == "original" else snap
+        self._write_at(leaf, offset, vs.payload(seed + 1, length))
+        self.op_range_checked(leaf, "ZERO", offset, length)
+        return snap
+
     @rule(npages=st.integers(2, 8), short=st.integers(1, 4), depth=st.integers(1, 3),
           seed=vs.seeds)
     def commit_past_memory(self, npages: int, short: int, depth: int, seed: int) -> None:
