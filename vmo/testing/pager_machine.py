@@ -458,10 +458,8 @@ class PagerStateMachine(VmoStateMachine):
         before the write). With ``twice`` the same range is supplied again, every page present
         by then. Present pages keep their content (seed: ``SupplyPagesLocked``); absent pages
         get the disk's bytes, which is what they read as anyway: the content must not
-        change."""
-        root = v.the_root()
-        if root.closed or root.detached or root.size < P:
-            return
+        change. Takes the next open root if ``v``'s is closed, detached or empty."""
+        root = self._proot(v)
         offset = min(vs.resolve(at, root.size), root.size - P) // P * P
         length = min(npages * P, root.size - offset)
         stale = bytes(root.disk[offset:offset + length]).ljust(length, b"\0")
