@@ -140,7 +140,7 @@ state.pager_contents_match()
 state.teardown()
 """,
     "decommit_checks_alignment_first": """
-state = PagerStateMachine()
+state = PagerCowMachine()
 v = state.create_pager_vmo(npages=4, trap=False, resizable=False, seed=1, disk_pages=4)
 state.p_bad(v=v, kind="decommit", op="ZERO", at=(0, 1), length=4096, seed=1, fail=None)
 state.teardown()

@@ -11,5 +11,5 @@ MUTANT = Mutant(
     new=('                if offset % PAGE_SIZE or length % PAGE_SIZE:  # MUTANT: alignment first\n'
          '                    raise ZxError(Status.ERR_INVALID_ARGS, "not page aligned")\n'),
     description=__doc__.strip(),
-    machine="vmo.testing.pager_machine:PagerStateMachine",
+    machine="vmo.testing.pager_cow:PagerCowMachine",
 )

@@ -18,5 +18,5 @@ MUTANT = Mutant(
          '                if v > 0:\n'
          '                    rejected.append(v)\n'),
     description=__doc__.strip(),
-    machine='vmo.testing.pager_machine:PagerStateMachine',
+    machine='vmo.testing.pager_cow:PagerCowMachine',
 )
