@@ -20,8 +20,31 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # per-test timeout (300 s in pyproject.toml) while hypothesis is still shrinking it: its own
 # cap is 300 s ("monkeypatchable", says hypothesis). Runs that want the smallest program
 # (`vmo fuzz`, the fuzz profile) keep hypothesis's cap.
-if os.environ.get("HYPOTHESIS_PROFILE", "ci") != "fuzz":
+FUZZ_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "fuzz"
+if not FUZZ_PROFILE:
     _hypothesis_engine.MAX_SHRINKING_SECONDS = int(os.environ.get("VMO_SHRINK_SECONDS", "60"))
+
+# The fuzz profile's example count is unbounded: each hypothesis test generates programs for
+# VMO_FUZZ_SECONDS (default 20 minutes) and then passes if none failed. Its pytest timeout
+# leaves room for that, hypothesis's 300 s of shrinking and the final replay.
+FUZZ_SECONDS = float(os.environ.get("VMO_FUZZ_SECONDS", "1200"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if FUZZ_PROFILE:
+        for item in items:
+            item.add_marker(pytest.mark.timeout(FUZZ_SECONDS + 600))
+
+
+@pytest.fixture(autouse=True)
+def _fuzz_budget():  # type: ignore[no-untyped-def]
+    if not FUZZ_PROFILE:
+        yield
+        return
+    from vmo.testing.budget import generation_deadline
+
+    with generation_deadline(FUZZ_SECONDS):
+        yield
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
