@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vmo.pmm import PAGE_SIZE
-from vmo.testing import run
+from vmo.testing import OVmo, run
 from vmo.testing.machine import Mismatch, VmoStateMachine
 from vmo.testing.run import rule_shares
 
@@ -123,6 +123,23 @@ def test_split_bits_after_a_release_that_stops_one_level_down() -> None:
         vmos_2 = state.snapshot(at=(500, 0), resizable=True, size=PAGE_SIZE, v=vmos_0)
         state.snapshot_then_shrink(at=(556, 0), backup=False, keep=0, npages=1, v=vmos_0)
         state.shrink_regrow_write(at=(0, 0), seed=1, v=vmos_2)
+        state.check_everything()
+    finally:
+        state.teardown()
+
+
+def test_rules_needing_a_clonable_or_resizable_vmo_make_one_when_none_is_live() -> None:
+    # Found in a full-suite run: in programs that had made only discardable VMOs, `snapshot`
+    # did real work in 28% of its calls and `set_size` in 61% (ERR_NOT_SUPPORTED,
+    # ERR_UNAVAILABLE); `_fit` now makes a new filled VMO when no live VMO fits.
+    state = VmoStateMachine()
+    try:
+        d = state.create(size=PAGE_SIZE, resizable=False, discardable=True)
+        assert isinstance(d, OVmo)
+        child = state.snapshot(v=d, at=(0, 0), size=PAGE_SIZE, resizable=False)
+        assert isinstance(child, OVmo) and child.koid not in (d.koid,)
+        state.set_size(v=d, size=2 * PAGE_SIZE)
+        assert any(ov.resizable and ov.size == 2 * PAGE_SIZE for ov in state.oracle.live())
         state.check_everything()
     finally:
         state.teardown()

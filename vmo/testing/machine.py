@@ -189,7 +189,13 @@ class VmoStateMachine(RuleBasedStateMachine):
             return v
         fitting = [ov for ov in self.oracle.live() if ok(self.oracle, ov)]
         if not fitting and need in _LOOSER:
-            return self._fit(v, _LOOSER[need])
+            looser = _FITS[_LOOSER[need]]
+            fitting = [ov for ov in self.oracle.live() if looser(self.oracle, ov)]
+        if not fitting and need in _FRESH_FITS:
+            # Every live VMO is discardable, a slice, pinned or closed (programs that made
+            # many discardable VMOs): a new filled VMO, so the call still does real work.
+            fresh = self.filled(4, need == "resizable", v.koid + 1)
+            return fresh if isinstance(fresh, OVmo) and ok(self.oracle, fresh) else v
         if not fitting:
             return v
         later = [ov for ov in fitting if ov.koid > v.koid]
@@ -1115,6 +1121,8 @@ def _no_pins(oracle: Oracle, v: OVmo) -> bool:
 #: What `VmoStateMachine._fit` falls back to when nothing fits (a resize of a VMO with pins
 #: fails only if it would cut a pinned page).
 _LOOSER = {"resizable": "resizable_pinned"}
+# Needs that a new four-page VMO of distinct bytes meets, when no live VMO does.
+_FRESH_FITS = frozenset({"clonable", "resizable", "decommittable", "pinnable"})
 
 #: What `VmoStateMachine._fit` looks for, by kind of call.
 _FITS: dict[str, Callable[[Oracle, OVmo], bool]] = {
