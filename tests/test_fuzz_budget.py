@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, settings, target
 from hypothesis import strategies as st
 from hypothesis.database import InMemoryExampleDatabase
 from hypothesis.internal.conjecture.engine import ConjectureRunner
@@ -36,6 +36,21 @@ def test_generation_stops_at_the_deadline_and_passes() -> None:
     assert 0.5 <= elapsed < 15
     assert calls > 10
     assert ConjectureRunner.should_generate_more is before
+
+
+def test_the_target_phase_stops_at_the_deadline_too() -> None:
+    # Machines call target() to steer towards deep trees; hypothesis's optimiser then runs
+    # inside generation with a budget counted in examples, which the fuzz profile makes
+    # endless. It must stop at the deadline as well.
+    @settings(max_examples=10**9, deadline=None, database=None)
+    @given(st.integers(min_value=0))
+    def unbounded_score(x: int) -> None:
+        target(float(x))
+
+    start = time.monotonic()
+    with generation_deadline(2):
+        unbounded_score()
+    assert time.monotonic() - start < 20
 
 
 def test_a_failure_found_within_the_budget_is_still_shrunk_and_reported() -> None:
