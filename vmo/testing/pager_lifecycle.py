@@ -37,22 +37,42 @@ P = PAGE_SIZE
 
 class PagerLifecycleMachine(PagerCowMachine):
     pvmos = PagerCowMachine.pvmos
+    # Its supplies from an aux VMO that shares its pages must be refused: counted apart.
+    error_rules = PagerCowMachine.error_rules | {"supply_from_shared_aux"}
 
     @rule(v=PagerCowMachine.pvmos)
     def close_root_under_pressure(self, v: Any) -> None:
         """Close ``v``'s root while clones of it live, evict every clean page, read each
-        clone whole (checked against the model)."""
-        root = v.the_root()
-        if root.closed or root.detached:
-            return
-        clones = [n for n in self.pnodes if not n.closed and not n.is_root
-                  and n.the_root() is root]
-        if not clones:
+        clone whole (checked against the model). When ``v``'s root is closed, detached or has
+        no open clone, the next root that has one is taken, else a new root with a clone of
+        all of it."""
+        root = self._root_with_clones(v)
+        if root is None:
+            root = self._fresh_root(v, resizable=False)
+            self.clone_window(v=root, permille=0, npages=4, resizable=False)
+        clones = self._open_clones(root)
+        if root.closed or not clones:
             return
         self.p_close(v=root)
         self.expect("pager:reclaim", None, lambda: self.k.reclaim(1 << 20))
         for clone in clones:
             self._p_read_at(clone, 0, clone.size, None)
+
+    def _open_clones(self, root: PNode) -> list[PNode]:
+        return [n for n in self.pnodes
+                if not n.closed and not n.is_root and n.the_root() is root]
+
+    def _root_with_clones(self, v: Any) -> PNode | None:
+        """``v``'s root if it is open, not detached and has an open clone, else the next such
+        root by koid; None if there is none."""
+        def fits(n: PNode) -> bool:
+            return (n.is_root and not n.closed and not n.detached
+                    and bool(self._open_clones(n)))
+
+        root = v.the_root()
+        if fits(root):
+            return root
+        return self._next_fitting(root.real.koid, fits)
 
     @rule(v=PagerCowMachine.pvmos, seed=vs.seeds)
     def supply_from_shared_aux(self, v: Any, seed: int) -> None:
