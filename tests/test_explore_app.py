@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -217,7 +218,9 @@ def test_files_that_are_neither(tmp_path: Path) -> None:
 
 
 def test_vmo_explore_command_binds_localhost_and_stops(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "vmo", "explore", "--port", "0", "--no-open"],
+    # -X faulthandler: should the server not stop, SIGABRT makes it print every thread's stack.
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "vmo", "explore",
+                             "--port", "0", "--no-open"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -226,10 +229,14 @@ def test_vmo_explore_command_binds_localhost_and_stops(tmp_path: Path) -> None:
         with urllib.request.urlopen(url + "api/info", timeout=10) as resp:
             assert json.load(resp)["mode"] == "live"
     finally:
-        proc.send_signal(2)
-        # Half a second on an idle machine; a full suite beside two fuzz campaigns on two
-        # cores once took more than 10 s.
-        assert proc.wait(timeout=60) == 0
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"vmo explore did not stop within 30 s of SIGINT; its threads:\n{err}")
+    assert proc.returncode == 0, err
 
 
 def test_serve_in_process() -> None:
