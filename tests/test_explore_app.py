@@ -239,6 +239,33 @@ def test_vmo_explore_command_binds_localhost_and_stops(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
 
 
+_SIGINT_TO_SERVER_THREAD = """
+import signal, sys, threading, time
+from vmo.cli import main
+
+def poke():
+    while True:
+        server = next((t for t in threading.enumerate() if t.name == "vmo-explore"), None)
+        if server is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    signal.pthread_kill(server.ident, signal.SIGINT)
+
+threading.Thread(target=poke, daemon=True).start()
+sys.exit(main(["explore", "--port", "0", "--no-open"]))
+"""
+
+
+def test_vmo_explore_stops_when_sigint_lands_on_a_server_thread() -> None:
+    # The kernel may hand a process's SIGINT to any thread; Python acts on it only when the
+    # main thread runs bytecode again. The command used to block in Event().wait() for good.
+    proc = subprocess.run([sys.executable, "-c", _SIGINT_TO_SERVER_THREAD],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "serving" in proc.stdout
+
+
 def test_serve_in_process() -> None:
     app = ExplorerApp(session=Session())
     server = serve(app, "127.0.0.1", 0)

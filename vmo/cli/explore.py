@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import threading
+import time
 import webbrowser
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -96,7 +97,11 @@ def command(args: argparse.Namespace) -> int:
     if not args.no_open and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         webbrowser.open(url)
     try:
-        threading.Event().wait()
+        # Wake twice a second rather than block for good: Python runs a signal's handler in
+        # the main thread when that thread next runs bytecode, and a SIGINT the kernel hands
+        # to one of the server's threads does not interrupt the main thread's wait.
+        while True:
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
