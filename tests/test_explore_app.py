@@ -217,10 +217,20 @@ def test_files_that_are_neither(tmp_path: Path) -> None:
         load(str(tmp_path / "missing.jsonl"))
 
 
+# `vmo` as run from a terminal, where Ctrl-C raises KeyboardInterrupt. A process started in
+# the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and Python then
+# leaves it ignored; a child also inherits a blocked SIGINT. Full-suite runs started that way
+# hung here (the child's main thread kept sleeping): the child is given a terminal's SIGINT.
+_AS_AT_A_TERMINAL = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "sys.argv = ['vmo', *sys.argv[1:]]; runpy.run_module('vmo', run_name='__main__')")
+
+
 def test_vmo_explore_command_binds_localhost_and_stops(tmp_path: Path) -> None:
     # -X faulthandler: should the server not stop, SIGABRT makes it print every thread's stack.
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "vmo", "explore",
-                             "--port", "0", "--no-open"],
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", _AS_AT_A_TERMINAL,
+                             "explore", "--port", "0", "--no-open"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -242,6 +252,9 @@ def test_vmo_explore_command_binds_localhost_and_stops(tmp_path: Path) -> None:
 _SIGINT_TO_SERVER_THREAD = """
 import signal, sys, threading, time
 from vmo.cli import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (see above)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 def poke():
     while True:
