@@ -524,8 +524,7 @@ class VmoStateMachine(RuleBasedStateMachine):
     @rule(v=vmos, at=vs.aligned_positions(), npages=st.integers(1, 4), seed=vs.seeds)
     def write_pages(self, v: OVmo, at: tuple[int, int], npages: int, seed: int) -> None:
         """Whole pages inside the VMO: always in range, so it forks whole pages."""
-        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
-        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        offset, length = _pages_inside(v.size, at, npages)
         self._write_at(v, offset, vs.payload(seed, length))
 
     def _write_at(self, v: OVmo, offset: int, data: bytes) -> None:
@@ -564,8 +563,7 @@ class VmoStateMachine(RuleBasedStateMachine):
                  seed: int) -> Any:
         """The operations that change a hierarchy's shape, weighted towards forks and markers:
         a whole-page write, a whole-page ZERO, a COMMIT, a snapshot of a window, a resize."""
-        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
-        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        offset, length = _pages_inside(v.size, at, npages)
         if action == "write":
             self._write_at(v, offset, vs.payload(seed, length))
         elif action in ("zero", "commit"):
@@ -653,8 +651,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         hidden node. Then perhaps write the zeroed pages of ``v`` again, and perhaps close the
         snapshot at once (a short-lived backup), which merges the hidden node back into ``v``:
         its markers must survive the merge, and must give way to ``v``'s newer pages."""
-        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
-        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        offset, length = _pages_inside(v.size, at, npages)
         self.op_range_checked(v, "ZERO", offset, length)
         child = self._create_child(v, "snapshot", 0, v.size, False, False)
         if not isinstance(child, OVmo):
@@ -694,8 +691,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         child = self._create_child(v, "snapshot", 0, v.size, True, False)
         if not isinstance(child, OVmo):
             return multiple()
-        offset = min(vs.resolve(at, child.size), max(0, child.size - PAGE_SIZE))
-        length = max(0, min(npages * PAGE_SIZE, child.size - offset))
+        offset, length = _pages_inside(child.size, at, npages)
         self.op_range_checked(child, "ZERO", offset, length)
         backup = self._create_child(child, "snapshot", 0, child.size, False, False)
         inner = self._create_child(child, "snapshot", 0, child.size, False, False)
@@ -745,8 +741,7 @@ class VmoStateMachine(RuleBasedStateMachine):
         (seed: ``ZeroPagesLocked`` on a page a leaf owns over a parent with content). Returns
         the snapshot."""
         v = self._fit(v, "clonable")
-        offset = min(vs.resolve(at, v.size), max(0, v.size - PAGE_SIZE))
-        length = max(0, min(npages * PAGE_SIZE, v.size - offset))
+        offset, length = _pages_inside(v.size, at, npages)
         self._write_at(v, offset, vs.payload(seed, length))
         snap = self._create_child(v, "snapshot", 0, v.size, False, False)
         if not isinstance(snap, OVmo):
@@ -1112,6 +1107,13 @@ _CHECKS = frozenset({"contents", "validate", "structure"})
 #: Calls whose effects a tree's generation need not show (pin counts, lock state, kernel-wide
 #: reclaim): after one, every invariant checks everything.
 _GLOBAL_CALLS = ("pin", "unpin", "reclaim", "dedup", "op:LOCK", "op:TRY_LOCK", "op:UNLOCK")
+
+
+def _pages_inside(size: int, at: tuple[int, int], npages: int) -> tuple[int, int]:
+    """Offset and length of up to ``npages`` whole pages from position ``at`` of a VMO of
+    ``size`` bytes, kept inside it (the start is pulled back to the last page)."""
+    offset = min(vs.resolve(at, size), max(0, size - PAGE_SIZE))
+    return offset, max(0, min(npages * PAGE_SIZE, size - offset))
 
 
 def _no_pins(oracle: Oracle, v: OVmo) -> bool:

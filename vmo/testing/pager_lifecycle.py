@@ -51,7 +51,7 @@ class PagerLifecycleMachine(PagerCowMachine):
             root = self._fresh_root(v, resizable=False)
             self.clone_window(v=root, permille=0, npages=4, resizable=False)
         clones = self._open_clones(root)
-        if root.closed or not clones:
+        if not clones:  # the fresh root's clone was refused
             return
         self.p_close(v=root)
         self.expect("pager:reclaim", None, lambda: self.k.reclaim(1 << 20))
